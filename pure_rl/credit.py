@@ -1,0 +1,370 @@
+"""PURE's credit assignment as pure tensor functions (TorchRL ``objectives/value/functional.py`` style).
+
+Every function takes step-level tensors ``[..., K]`` (``K`` = steps, time last) with a bool ``mask`` of the
+same shape marking valid steps (valid steps first, padding after). Results are 0 on padding, never NaN
+(fully masked rows give zeros), and nothing loops in Python over the batch or the steps.
+
+Group-level functions (baselines, the verifier term) take one value per trajectory ``[N]`` and integer
+``group_ids [N]``: trajectories sampled from the same prompt share a group id. Any integers work; they need
+not be contiguous.
+
+This module imports only torch, so estimators, losses and outside code can all build on it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BASELINES",
+    "FORMS",
+    "group_leave_one_out_mean",
+    "group_mean_std",
+    "last_step_index",
+    "min_form_returns",
+    "place_at_last_step",
+    "rloo_token_baseline",
+    "softmin_weights",
+    "step_advantages",
+    "step_rewards_from_returns",
+    "sum_form_returns",
+    "verifier_term",
+    "whiten",
+]
+
+FORMS = ("min_form", "sum_form")
+BASELINES = ("rloo_token", "rloo", "grpo", "none")
+
+
+def _check_mask(rewards: Tensor, mask: Tensor) -> Tensor:
+    if mask.shape != rewards.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal rewards shape {tuple(rewards.shape)} ([..., steps])"
+        )
+    if not rewards.is_floating_point():
+        raise TypeError(f"rewards must be a float tensor, got {rewards.dtype}")
+    return mask.to(torch.bool)
+
+
+def softmin_weights(rewards: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """Softmin weights ``softmax(-r / T)`` over the valid steps of each row.
+
+    Args:
+        rewards: ``[..., K]`` float step rewards.
+        mask: ``[..., K]`` bool, True on valid steps.
+        temperature: ``T > 0``; as ``T -> 0`` the weight concentrates on the worst step.
+
+    Returns:
+        ``[..., K]`` weights summing to 1 over each row's valid steps, 0 on padding and on fully masked rows.
+    """
+    mask = _check_mask(rewards, mask)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 for softmin weights, got {temperature}")
+    # A finite fill (not -inf) keeps fully masked rows finite: softmax gives uniform weights there,
+    # which the final multiplication by the mask turns into zeros.
+    logits = torch.where(mask, -rewards / temperature, torch.finfo(rewards.dtype).min)
+    return torch.softmax(logits, dim=-1) * mask
+
+
+def sum_form_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Canonical discounted return ``G_k = sum_{j>=k} gamma^(j-k) r_j`` (reverse cumulative sum).
+
+    Args:
+        rewards: ``[..., K]`` float step rewards.
+        mask: ``[..., K]`` bool valid-step mask.
+        gamma: discount in ``[0, 1]``; 1 (the paper's setting) uses an exact reverse cumsum.
+
+    Returns:
+        ``[..., K]`` returns, 0 on padding.
+    """
+    mask = _check_mask(rewards, mask)
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    r = rewards * mask
+    if gamma == 1.0:
+        returns = r.flip(-1).cumsum(-1).flip(-1)
+    else:
+        # Upper-triangular discount matrix D[k, j] = gamma^(j-k) for j >= k: a [K, K] matmul is stable for
+        # any gamma (unlike rescaling by gamma^-k) and K (steps per response) is small.
+        k = rewards.shape[-1]
+        idx = torch.arange(k, device=rewards.device)
+        power = (idx[None, :] - idx[:, None]).to(rewards.dtype)
+        discount = torch.where(power >= 0, gamma ** power.clamp(min=0), torch.zeros_like(power))
+        returns = r @ discount.T
+    return returns * mask
+
+
+def min_form_returns(rewards: Tensor, mask: Tensor, temperature: float | None = None) -> Tensor:
+    """PURE's min-form return.
+
+    Exact (``temperature`` None or 0): ``G_k = min_{j>=k} r_j``, a reverse cumulative min.
+    Softmin (``temperature > 0``, the paper's implementation): ``w = softmax(-r/T)`` over the valid steps,
+    ``G_k = sum_{j>=k} w_j r_j``; ``G_1 -> min_k r_k`` as ``T -> 0``.
+
+    Args:
+        rewards: ``[..., K]`` float step rewards.
+        mask: ``[..., K]`` bool valid-step mask.
+        temperature: softmin temperature, or None / 0 for the exact min.
+
+    Returns:
+        ``[..., K]`` returns, 0 on padding.
+    """
+    mask = _check_mask(rewards, mask)
+    if temperature is None or temperature == 0:
+        padded = torch.where(mask, rewards, torch.inf)
+        returns = padded.flip(-1).cummin(-1).values.flip(-1)
+        return torch.where(mask, returns, torch.zeros_like(rewards))
+    weighted = softmin_weights(rewards, mask, temperature) * rewards
+    return sum_form_returns(weighted, mask, gamma=1.0)
+
+
+def step_rewards_from_returns(returns: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Per-step rewards ``d_k = G_k - gamma * G_{k+1}`` whose discounted return-to-go is ``G`` again.
+
+    This lets any credit form (exact min, softmin, sum) share one pipeline: baselines and the verifier term
+    are added to ``d`` and the advantage is the return-to-go of the result. For softmin, ``d_k = w_k r_k``.
+
+    Args:
+        returns: ``[..., K]`` returns.
+        mask: ``[..., K]`` bool valid-step mask.
+        gamma: the discount the returns were built with.
+
+    Returns:
+        ``[..., K]`` step rewards, 0 on padding.
+    """
+    mask = _check_mask(returns, mask)
+    g = returns * mask
+    next_g = torch.nn.functional.pad(g[..., 1:], (0, 1))
+    return (g - gamma * next_g) * mask
+
+
+def last_step_index(mask: Tensor) -> Tensor:
+    """Index of the last valid step of each row, ``[...]`` (0 for fully masked rows)."""
+    return (mask.to(torch.long).sum(-1) - 1).clamp(min=0)
+
+
+def place_at_last_step(values: Tensor, mask: Tensor) -> Tensor:
+    """Put one value per row ``[...]`` at its last valid step of a ``[..., K]`` tensor (0 elsewhere).
+
+    Fully masked rows get nothing.
+    """
+    mask = mask.to(torch.bool)
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    idx = last_step_index(mask).unsqueeze(-1)
+    has_steps = mask.any(-1, keepdim=True)
+    return out.scatter(-1, idx, values.unsqueeze(-1) * has_steps)
+
+
+def _group_sums(values: Tensor, group_ids: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-trajectory sums over its group: ``(sum of values in my group, sum of weights in my group)``."""
+    if values.ndim != 1 or group_ids.shape != values.shape:
+        raise ValueError(
+            f"group functions take values [N] and group_ids [N], got {tuple(values.shape)} and {tuple(group_ids.shape)}"
+        )
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    if weights is None:
+        weights = torch.ones_like(values)
+    value_sum = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(0, inverse, values)
+    weight_sum = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(0, inverse, weights)
+    return value_sum[inverse], weight_sum[inverse]
+
+
+def group_leave_one_out_mean(values: Tensor, group_ids: Tensor, valid: Tensor | None = None) -> Tensor:
+    """``mean_{j in group(i), j != i, valid_j} values_j`` for every trajectory ``i``.
+
+    Args:
+        values: ``[N]`` one value per trajectory.
+        group_ids: ``[N]`` integer group of each trajectory.
+        valid: optional ``[N]`` bool; invalid members neither contribute nor receive a baseline.
+
+    Returns:
+        ``[N]``; 0 where no other valid member exists (a group of one) and for invalid members.
+    """
+    valid_f = torch.ones_like(values) if valid is None else valid.to(values.dtype)
+    total, count = _group_sums(values * valid_f, group_ids, valid_f)
+    others = count - valid_f
+    mean = (total - values * valid_f) / others.clamp(min=1)
+    return torch.where(others > 0, mean, torch.zeros_like(mean)) * valid_f
+
+
+def group_mean_std(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """GRPO statistics: each trajectory's group mean and (population) standard deviation, both ``[N]``."""
+    total, count = _group_sums(values, group_ids)
+    mean = total / count
+    sq_total, _ = _group_sums((values - mean) ** 2, group_ids)
+    return mean, (sq_total / count).sqrt()
+
+
+def rloo_token_baseline(trajectory_returns: Tensor, response_tokens: Tensor, group_ids: Tensor) -> Tensor:
+    """The reference code's per-token leave-one-out baseline ``b_i = sum_{j!=i} R_j / sum_{j!=i} L_j``.
+
+    Step ``k`` of trajectory ``i`` then pays ``b_i * ntok_ik``: the baseline grows with the tokens a step
+    spends, which (unlike a per-step baseline) does not push the policy towards few, very long steps.
+
+    Args:
+        trajectory_returns: ``[N]`` return of each trajectory's first step, ``R_i = G_i1``.
+        response_tokens: ``[N]`` response length ``L_i`` in tokens.
+        group_ids: ``[N]`` integer group ids.
+
+    Returns:
+        ``[N]`` baseline per token; 0 where the rest of the group has no tokens (a group of one).
+    """
+    tokens = response_tokens.to(trajectory_returns.dtype)
+    return_sum, token_sum = _group_sums(trajectory_returns, group_ids, tokens)
+    other_tokens = token_sum - tokens
+    b = (return_sum - trajectory_returns) / other_tokens.clamp(min=1)
+    return torch.where(other_tokens > 0, b, torch.zeros_like(b))
+
+
+def verifier_term(
+    correct: Tensor,
+    group_ids: Tensor,
+    coef: float,
+    valid: Tensor | None = None,
+    leave_one_out: bool = True,
+) -> Tensor:
+    """The verifiable-reward (VR) term added at the last step.
+
+    Without a baseline it is ``c_vr * (v - 1)`` (a wrong answer costs ``c_vr``, a right one nothing); with
+    ``leave_one_out`` it is ``c_vr * (v_i - mean_{j != i} v_j)``, the VR term's own RLOO baseline.
+
+    Args:
+        correct: ``[N]`` verifier outcome ``v`` (bool or 0/1 float).
+        group_ids: ``[N]`` integer group ids.
+        coef: ``c_vr``.
+        valid: optional ``[N]`` bool; prompts without a reference answer get no VR term (0).
+        leave_one_out: subtract the group's leave-one-out mean instead of 1.
+
+    Returns:
+        ``[N]`` float term (dtype of ``correct`` if float, else the default dtype).
+    """
+    v = correct.to(correct.dtype if correct.is_floating_point() else torch.get_default_dtype())
+    valid_f = torch.ones_like(v) if valid is None else valid.to(v.dtype)
+    if leave_one_out:
+        term = v - group_leave_one_out_mean(v, group_ids, valid)
+    else:
+        term = v - 1.0
+    return coef * term * valid_f
+
+
+def whiten(values: Tensor, mask: Tensor, weights: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """Whiten ``values`` over the masked entries of the whole batch: ``(x - mean) / (std + eps)``.
+
+    Args:
+        values: ``[..., K]`` advantages.
+        mask: ``[..., K]`` bool; only these entries enter the statistics and the result (0 elsewhere).
+        weights: optional ``[..., K]`` non-negative weights, e.g. tokens per step, so that step-level
+            whitening equals token-level whitening when every token of a step shares its advantage.
+        eps: added to the standard deviation.
+
+    Returns:
+        ``[..., K]`` whitened values, 0 off the mask; zeros if the mask is empty.
+    """
+    mask = _check_mask(values, mask)
+    w = mask.to(values.dtype) if weights is None else weights.to(values.dtype) * mask
+    total = w.sum()
+    if total <= 0:
+        return torch.zeros_like(values)
+    mean = (values * w).sum() / total
+    var = (((values - mean) ** 2) * w).sum() / total
+    return (values - mean) / (var.sqrt() + eps) * mask
+
+
+def step_advantages(
+    rewards: Tensor,
+    mask: Tensor,
+    group_ids: Tensor,
+    step_tokens: Tensor | None = None,
+    *,
+    form: str = "min_form",
+    temperature: float | None = 0.1,
+    gamma: float = 1.0,
+    baseline: str = "rloo_token",
+    correct: Tensor | None = None,
+    has_reference: Tensor | None = None,
+    vr_coef: float = 0.0,
+    whiten_advantages: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The whole of PURE's credit assignment for a step-level batch (spec sections 3-5).
+
+    1. Process returns ``G`` of ``rewards`` in the chosen form (min exact/softmin, or sum).
+    2. The value target adds the raw VR term ``c_vr (v - 1)`` at the last step (then return-to-go).
+    3. Advantages by ``baseline``:
+       - ``rloo_token``: step rewards ``d_k`` of ``G`` minus ``b_i * ntok_ik`` (RLOO token baseline on
+         ``R_i = G_i1``), plus the VR term with its own leave-one-out baseline at the last step, then
+         return-to-go (the reference code's default);
+       - ``rloo``: value target minus the leave-one-out mean of the trajectories' first-step targets;
+       - ``grpo``: value target minus the group mean, over the group std;
+       - ``none``: the value target itself.
+    4. Optionally whiten over valid steps (weighted by tokens per step when given).
+
+    Args:
+        rewards: ``[N, K]`` process reward per step (PRM score; zeros for VR-only).
+        mask: ``[N, K]`` bool valid steps.
+        group_ids: ``[N]`` prompt group of each trajectory.
+        step_tokens: ``[N, K]`` tokens per step (required by ``rloo_token``).
+        form: ``"min_form"`` or ``"sum_form"``.
+        temperature: softmin T for ``min_form`` (None or 0: exact min).
+        gamma: discount (the paper uses 1).
+        baseline: one of ``BASELINES``.
+        correct: ``[N]`` verifier outcome (needed when ``vr_coef != 0``).
+        has_reference: ``[N]`` bool, prompts with a reference answer (others get no VR term).
+        vr_coef: ``c_vr``; 0 disables the VR term.
+        whiten_advantages: whiten the advantages over the batch.
+
+    Returns:
+        ``(advantages, value_targets)``, both ``[N, K]`` and 0 on padding.
+    """
+    mask = _check_mask(rewards, mask)
+    if rewards.ndim != 2:
+        raise ValueError(f"step_advantages takes rewards [N, K], got shape {tuple(rewards.shape)}")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    if form == "min_form":
+        process_returns = min_form_returns(rewards, mask, temperature)
+        if gamma != 1.0:
+            # Min-form has no discount in the paper; discount its step rewards so value targets stay consistent.
+            process_returns = sum_form_returns(step_rewards_from_returns(process_returns, mask), mask, gamma)
+    else:
+        process_returns = sum_form_returns(rewards, mask, gamma)
+    d = step_rewards_from_returns(process_returns, mask, gamma)
+
+    use_vr = vr_coef != 0.0
+    if use_vr and correct is None:
+        raise ValueError("vr_coef != 0 needs the verifier outcome `correct` [N]")
+    zeros = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    raw_vr = (
+        verifier_term(correct, group_ids, vr_coef, has_reference, leave_one_out=False).to(rewards.dtype)
+        if use_vr
+        else zeros
+    )
+    value_targets = sum_form_returns(d + place_at_last_step(raw_vr, mask), mask, gamma)
+
+    if baseline == "rloo_token":
+        if step_tokens is None:
+            raise ValueError("baseline 'rloo_token' needs step_tokens [N, K] (tokens per step)")
+        ntok = step_tokens.to(rewards.dtype) * mask
+        b = rloo_token_baseline(process_returns[:, 0], ntok.sum(-1), group_ids)
+        loo_vr = (
+            verifier_term(correct, group_ids, vr_coef, has_reference, leave_one_out=True).to(rewards.dtype)
+            if use_vr
+            else zeros
+        )
+        adjusted = d - b[:, None] * ntok + place_at_last_step(loo_vr, mask)
+        advantages = sum_form_returns(adjusted, mask, gamma)
+    elif baseline == "rloo":
+        advantages = (value_targets - group_leave_one_out_mean(value_targets[:, 0], group_ids)[:, None]) * mask
+    elif baseline == "grpo":
+        mean, std = group_mean_std(value_targets[:, 0], group_ids)
+        advantages = (value_targets - mean[:, None]) / (std[:, None] + 1e-6) * mask
+    else:
+        advantages = value_targets.clone()
+
+    if whiten_advantages:
+        weights = None if step_tokens is None else step_tokens.to(rewards.dtype)
+        advantages = whiten(advantages, mask, weights)
+    return advantages, value_targets

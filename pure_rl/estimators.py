@@ -1,0 +1,253 @@
+"""TorchRL value estimators for step-level reasoning trajectories: min-form (PURE) and sum-form credit.
+
+Thin modules over :mod:`pure_rl.credit` that bind tensordict keys the TorchRL way (``_AcceptedKeys``,
+``set_keys``) and register themselves so a PPO loss selects them by name::
+
+    loss = PUREPPOLoss(actor)                     # pure_rl.loss
+    loss.make_value_estimator("min_form", temperature=0.1, baseline="rloo_token", vr_coef=1.0)
+
+Data layout: a tensordict with batch dims ``[..., steps]`` (time last), one entry per reasoning step:
+
+- ``("next", "reward")`` ``[..., K, 1]``: the process reward of each step (PRM score; zeros for VR-only);
+- ``("next", "done")`` ``[..., K, 1]``: steps after the first done are padding, unless an explicit mask is
+  present at ``("collector", "mask")`` (what TorchRL's ``split_trajectories`` writes);
+- ``"group_id"`` ``[..., K]`` (or ``[..., K, 1]``): the prompt each trajectory was sampled for; the
+  baselines compare samples of one group;
+- ``"step_tokens"`` ``[..., K]``: tokens per step (the ``rloo_token`` baseline and whitening weights);
+- ``("next", "verifier_reward")`` ``[..., K, 1]``: the verifier's 0/1 outcome, read at the last valid
+  step, used when ``vr_coef != 0``; ``("next", "has_reference")`` (optional) marks prompts with a
+  reference answer.
+
+Writes ``"advantage"`` and ``"value_target"`` ``[..., K, 1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+from torch import Tensor
+from torchrl.objectives.utils import register_value_estimator
+from torchrl.objectives.value import ValueEstimatorBase
+
+from pure_rl import credit
+
+__all__ = ["MinFormEstimator", "PureValueEstimators", "StepCreditEstimator", "SumFormEstimator"]
+
+
+class PureValueEstimators(Enum):
+    """Names of PURE's estimators in TorchRL's registry (``make_value_estimator("min_form")`` works)."""
+
+    MIN_FORM = "Min-form credit: return is the minimum future process reward (PURE)"
+    SUM_FORM = "Sum-form credit: canonical discounted sum of future process rewards"
+
+
+class StepCreditEstimator(ValueEstimatorBase):
+    """Critic-free step-level credit assignment with group baselines (PURE spec sections 3-5).
+
+    Keyword Args:
+        form: ``"min_form"`` or ``"sum_form"`` (subclasses fix it).
+        temperature: softmin temperature for min-form; None or 0 for the exact min. Default 0.1 (the paper).
+        gamma: discount; default 1.0 (the paper).
+        baseline: ``"rloo_token"`` (default, the reference code's), ``"rloo"``, ``"grpo"`` or ``"none"``.
+        vr_coef: coefficient ``c_vr`` of the verifiable reward; 0 (default) disables it.
+        whiten: whiten advantages over the batch's valid steps, weighted by tokens per step. Default True.
+        value_network: must be None: the paper uses no critic. The argument exists so that a learned
+            (min-form) critic can be added later without changing callers.
+    """
+
+    @dataclass
+    class _AcceptedKeys(ValueEstimatorBase._AcceptedKeys):
+        """Tensordict keys, settable with ``set_keys``.
+
+        TorchRL's ``set_keys`` looks keys up in this class's own ``__dict__``, so the inherited ones are
+        declared again here.
+
+        Attributes (on top of TorchRL's advantage, value_target, value, reward, done, terminated):
+            mask: explicit valid-step mask ``[..., K]``; absent -> derived from ``("next", done)``.
+            step_tokens: tokens per step ``[..., K]``.
+            group_id: prompt group id ``[..., K]``.
+            verifier_reward: 0/1 verifier outcome, read under ``"next"`` at the last valid step.
+            has_reference: bool, read under ``"next"``; absent -> every prompt has a reference.
+        """
+
+        advantage: NestedKey = "advantage"
+        value_target: NestedKey = "value_target"
+        value: NestedKey = "state_value"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        steps_to_next_obs: NestedKey = "steps_to_next_obs"
+        sample_log_prob: NestedKey | None = None
+        mask: NestedKey = ("collector", "mask")
+        step_tokens: NestedKey = "step_tokens"
+        group_id: NestedKey = "group_id"
+        verifier_reward: NestedKey = "verifier_reward"
+        has_reference: NestedKey = "has_reference"
+
+    default_keys = _AcceptedKeys
+    form: str = "min_form"
+
+    def __init__(
+        self,
+        *,
+        form: str | None = None,
+        temperature: float | None = 0.1,
+        gamma: float = 1.0,
+        baseline: str = "rloo_token",
+        vr_coef: float = 0.0,
+        whiten: bool = True,
+        value_network: torch.nn.Module | None = None,
+        differentiable: bool = False,
+        device: torch.device | None = None,
+        **kwargs,
+    ):
+        if value_network is not None:
+            raise NotImplementedError(
+                "A learned critic is not part of PURE (the paper is critic-free); "
+                "pass value_network=None. A min-form critic (target min(r_k, V(s_{k+1}))) is a planned extension."
+            )
+        super().__init__(value_network=None, differentiable=differentiable, device=device, **kwargs)
+        form = form or self.form
+        if form not in credit.FORMS:
+            raise ValueError(f"form must be one of {credit.FORMS}, got {form!r}")
+        if baseline not in credit.BASELINES:
+            raise ValueError(f"baseline must be one of {credit.BASELINES}, got {baseline!r}")
+        if temperature is not None and temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 or None: exact min), got {temperature}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        self.form = form
+        self.temperature = temperature
+        self.gamma = gamma
+        self.baseline = baseline
+        self.vr_coef = vr_coef
+        self.whiten = whiten
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = [
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            self.tensor_keys.group_id,
+        ]
+        if self.baseline == "rloo_token":
+            keys.append(self.tensor_keys.step_tokens)
+        if self.vr_coef != 0:
+            keys.append(("next", self.tensor_keys.verifier_reward))
+        return keys
+
+    def _step_tensor(self, tensordict: TensorDictBase, key: NestedKey) -> Tensor:
+        """Read ``key`` as ``[..., K]``, dropping TorchRL's trailing singleton feature dim."""
+        value = tensordict.get(key, None)
+        if value is None:
+            raise KeyError(
+                f"{type(self).__name__} needs the key {key!r} in the step batch; "
+                f"set another name with .set_keys(...) (present: {list(tensordict.keys(True, True))})"
+            )
+        if value.ndim == tensordict.ndim + 1 and value.shape[-1] == 1:
+            value = value.squeeze(-1)
+        if value.shape != tensordict.batch_size:
+            raise ValueError(f"key {key!r} has shape {tuple(value.shape)}, expected {tuple(tensordict.batch_size)}")
+        return value
+
+    def _valid_steps(self, tensordict: TensorDictBase) -> Tensor:
+        if tensordict.get(self.tensor_keys.mask, None) is not None:
+            return self._step_tensor(tensordict, self.tensor_keys.mask).to(torch.bool)
+        done = self._step_tensor(tensordict, ("next", self.tensor_keys.done)).to(torch.long)
+        # A step is valid if no earlier step ended the trajectory.
+        done_before = done.cumsum(-1) - done
+        return done_before == 0
+
+    def value_estimate(self, tensordict: TensorDictBase, **kwargs) -> Tensor:
+        """The value target (return with the raw VR term), ``[..., K, 1]``."""
+        return self._compute(tensordict)[1]
+
+    def forward(
+        self,
+        tensordict: TensorDictBase,
+        *,
+        params: TensorDictBase | None = None,
+        target_params: TensorDictBase | None = None,
+    ) -> TensorDictBase:
+        """Write ``advantage`` and ``value_target`` ``[..., K, 1]`` into ``tensordict`` and return it."""
+        advantage, value_target = self._compute(tensordict)
+        tensordict.set(self.tensor_keys.advantage, advantage)
+        tensordict.set(self.tensor_keys.value_target, value_target)
+        return tensordict
+
+    def _compute(self, tensordict: TensorDictBase) -> tuple[Tensor, Tensor]:
+        if tensordict.ndim < 1:
+            raise ValueError("the step batch needs a time (steps) dimension as its last batch dim")
+        shape = tensordict.batch_size
+        n_steps = shape[-1]
+        rewards = self._step_tensor(tensordict, ("next", self.tensor_keys.reward))
+        if not rewards.is_floating_point():
+            rewards = rewards.to(torch.get_default_dtype())
+        mask = self._valid_steps(tensordict)
+        group_ids = self._step_tensor(tensordict, self.tensor_keys.group_id)[..., 0]
+        flat = (-1, n_steps)
+        step_tokens = None
+        if self.baseline == "rloo_token" or tensordict.get(self.tensor_keys.step_tokens, None) is not None:
+            step_tokens = self._step_tensor(tensordict, self.tensor_keys.step_tokens).reshape(flat)
+        correct = has_reference = None
+        if self.vr_coef != 0:
+            last = credit.last_step_index(mask).unsqueeze(-1)
+            v = self._step_tensor(tensordict, ("next", self.tensor_keys.verifier_reward))
+            correct = v.gather(-1, last).squeeze(-1).reshape(-1)
+            if tensordict.get(("next", self.tensor_keys.has_reference), None) is not None:
+                ref = self._step_tensor(tensordict, ("next", self.tensor_keys.has_reference)).to(torch.bool)
+                has_reference = ref.gather(-1, last).squeeze(-1).reshape(-1)
+        advantage, value_target = credit.step_advantages(
+            rewards.reshape(flat),
+            mask.reshape(flat),
+            group_ids.reshape(-1),
+            step_tokens,
+            form=self.form,
+            temperature=self.temperature,
+            gamma=self.gamma,
+            baseline=self.baseline,
+            correct=correct,
+            has_reference=has_reference,
+            vr_coef=self.vr_coef,
+            whiten_advantages=self.whiten,
+        )
+        return advantage.reshape(shape).unsqueeze(-1), value_target.reshape(shape).unsqueeze(-1)
+
+
+@register_value_estimator(
+    PureValueEstimators.MIN_FORM,
+    default_kwargs={"temperature": 0.1, "gamma": 1.0, "baseline": "rloo_token", "vr_coef": 0.0, "whiten": True},
+)
+class MinFormEstimator(StepCreditEstimator):
+    """PURE's min-form credit: ``G_k = min_{j>=k} r_j`` (exact) or its softmin form (``temperature > 0``).
+
+    See :class:`StepCreditEstimator` for arguments and keys.
+    """
+
+    form = "min_form"
+
+    def __init__(self, **kwargs):
+        kwargs.pop("form", None)
+        super().__init__(form="min_form", **kwargs)
+
+
+@register_value_estimator(
+    PureValueEstimators.SUM_FORM,
+    default_kwargs={"gamma": 1.0, "baseline": "rloo_token", "vr_coef": 0.0, "whiten": True},
+)
+class SumFormEstimator(StepCreditEstimator):
+    """Canonical sum-form credit ``G_k = sum_{j>=k} gamma^(j-k) r_j``: the baseline PURE is compared with.
+
+    See :class:`StepCreditEstimator` for arguments and keys (``temperature`` is ignored).
+    """
+
+    form = "sum_form"
+
+    def __init__(self, **kwargs):
+        kwargs.pop("form", None)
+        kwargs.pop("temperature", None)
+        super().__init__(form="sum_form", temperature=None, **kwargs)
