@@ -91,6 +91,11 @@ class EnvConfig:
         choices=("arithmetic", "jsonl"),
     )
     dataset: str | None = opt(None, "jsonl task: a preset (math500, gsm8k, aime24, amc23, minerva) or a file path")
+    eval_dataset: str | None = opt(
+        None,
+        "held-out evaluation set (preset or path); None: held-out arithmetic "
+        "problems (arithmetic task) or the training dataset (jsonl task)",
+    )
     difficulty: int = opt(
         1,
         "arithmetic task: difficulty level (operand size and number of operations)",
@@ -103,6 +108,20 @@ class EnvConfig:
         choices=("arithmetic_rule", "hf"),
     )
     prm_model: str | None = opt(None, "hf PRM: model folder or hub name")
+    prm_layout: str = opt(
+        "pure",
+        "hf PRM input layout: PURE-PRM ('\\n' after each step) or Qwen2.5-Math-PRM (<extra_0>)",
+        choices=("pure", "qwen"),
+    )
+    prm_device: str = opt("cpu", "hf PRM: torch device")
+    prm_dtype: str = opt("float32", "hf PRM: dtype", choices=("float32", "bfloat16", "float16"))
+    prm_batch_size: int = opt(8, "hf PRM: solutions per forward pass", check=_positive, allowed="> 0")
+    neutral_score: float = opt(
+        0.5,
+        "arithmetic_rule PRM: score of a step with no equation (filler is farmable)",
+        check=lambda v: -1 <= v <= 1,
+        allowed="in [-1, 1]",
+    )
     reward_mode: str = opt("prm+vr", "reward signal (spec section 4)", choices=("prm+vr", "prm", "vr"))
     vr_coef: float = opt(1.0, "c_vr: a wrong final answer costs this much", check=_non_negative, allowed=">= 0")
     step_separator: str = opt(

@@ -1,0 +1,174 @@
+"""Process reward models: the one small interface the env calls, and the HF token-classification PRM.
+
+A PRM scores every step of a solution from text: ``score(questions, steps) -> scores`` with one float in
+``[-1, 1]`` per step. The policy's tokenizer is never assumed; an HF PRM tokenizes with its own. Plug in
+your own reward source by subclassing :class:`ProcessRewardModel`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["HFTokenClassificationPRM", "PRMError", "ProcessRewardModel"]
+
+
+class PRMError(RuntimeError):
+    """A PRM produced something unusable (NaN, wrong count of scores)."""
+
+
+class ProcessRewardModel(abc.ABC):
+    """Scores each reasoning step given the question and the steps before it."""
+
+    @abc.abstractmethod
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Scores of every step of each solution.
+
+        Args:
+            questions: ``B`` question texts.
+            steps: ``B`` lists of step texts (each step as the policy wrote it, separator included).
+
+        Returns:
+            ``B`` lists of floats in ``[-1, 1]``, one per step.
+        """
+
+    def __call__(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        scores = self.score(questions, steps)
+        for i, (row, s) in enumerate(zip(scores, steps)):
+            if len(row) != len(s):
+                raise PRMError(f"{type(self).__name__} returned {len(row)} scores for {len(s)} steps (solution {i})")
+            for k, v in enumerate(row):
+                if not math.isfinite(v):
+                    raise PRMError(
+                        f"{type(self).__name__} returned {v} for step {k} of solution {i} "
+                        f"(question {questions[i][:60]!r}, step {s[k][:60]!r}); a NaN usually means fp16 overflow "
+                        "or an empty input: try dtype=float32 / bfloat16"
+                    )
+        return scores
+
+
+class HFTokenClassificationPRM(ProcessRewardModel):
+    """A 2-way token-classification PRM from transformers, scoring every step in one forward pass.
+
+    Two layouts the field uses:
+
+    - ``"pure"`` (PURE-PRM-7B): the question, ``"\\n"``, then each step stripped and followed by a ``"\\n"``
+      token; a step's score is read at its ``"\\n"``. Pieces are tokenized separately and concatenated, so
+      the marker is one known token whatever the tokenizer would merge it with.
+    - ``"qwen"`` (Qwen2.5-Math-PRM): the chat template with the question as user turn and the steps joined by
+      a special step token (``<extra_0>``) as assistant turn; scores are read at that token.
+
+    The score is ``p(1) - p(0)`` (``score_mode="difference"``, in ``[-1, 1]``, the spec's choice) or
+    ``p(1)`` (``"positive"``).
+
+    Args:
+        model: a ``*ForTokenClassification`` model with 2 labels (or a folder / hub name to load).
+        tokenizer: its tokenizer (or a folder / name; defaults to the model's).
+        layout: ``"pure"`` or ``"qwen"``.
+        step_token: the Qwen layout's step token.
+        system_prompt: the Qwen layout's system turn.
+        device, dtype: where and in which precision to run (e.g. ``"cuda:0"``, ``torch.bfloat16``).
+        batch_size: solutions per forward pass.
+        max_length: longer inputs keep their last ``max_length`` tokens (the latest steps keep their scores;
+            the scores of steps whose marker fell off are taken from the oldest kept marker).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        layout: str = "pure",
+        step_token: str = "<extra_0>",
+        system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}.",
+        score_mode: str = "difference",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        batch_size: int = 8,
+        max_length: int = 4096,
+    ):
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        if layout not in ("pure", "qwen"):
+            raise ValueError(f"layout must be 'pure' or 'qwen', got {layout!r}")
+        if score_mode not in ("difference", "positive"):
+            raise ValueError(f"score_mode must be 'difference' or 'positive', got {score_mode!r}")
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            tokenizer = tokenizer or str(model)
+            model = AutoModelForTokenClassification.from_pretrained(str(model), dtype=dtype or torch.float32)
+        if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        if tokenizer is None:
+            raise ValueError("pass the PRM's tokenizer (the policy's tokenizer is never assumed)")
+        if getattr(model.config, "num_labels", 2) != 2:
+            raise ValueError(f"the PRM head must have 2 labels, this one has {model.config.num_labels}")
+        self.model = model.to(device=device, dtype=dtype or next(model.parameters()).dtype).eval()
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.system_prompt = system_prompt
+        self.score_mode = score_mode
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        if layout == "pure":
+            ids = tokenizer.encode("\n", add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"the PRM tokenizer encodes '\\n' as {len(ids)} tokens; the pure layout needs one")
+            self.marker_id = ids[0]
+        else:
+            self.marker_id = tokenizer.convert_tokens_to_ids(step_token)
+            if self.marker_id is None or self.marker_id == tokenizer.unk_token_id:
+                raise ValueError(f"the PRM tokenizer has no step token {step_token!r}")
+            self.step_token = step_token
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Token ids and the positions of the step markers."""
+        enc = self.tokenizer
+        if self.layout == "pure":
+            ids = [*enc.encode(question, add_special_tokens=False), self.marker_id]
+            positions = []
+            for step in steps:
+                ids += [*enc.encode(step.strip(), add_special_tokens=False), self.marker_id]
+                positions.append(len(ids) - 1)
+            return ids, positions
+        body = "".join(step.strip() + self.step_token for step in steps)
+        messages = [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": body},
+        ]
+        text = enc.apply_chat_template(messages, tokenize=False)
+        ids = enc.encode(text, add_special_tokens=False)
+        positions = [i for i, t in enumerate(ids) if t == self.marker_id]
+        return ids, positions[-len(steps) :] if steps else []
+
+    @torch.no_grad()
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for start in range(0, len(questions), self.batch_size):
+            batch = [
+                self._encode(q, s)
+                for q, s in zip(questions[start : start + self.batch_size], steps[start : start + self.batch_size])
+            ]
+            kept = []
+            for ids, pos in batch:
+                cut = max(0, len(ids) - self.max_length)
+                kept.append((ids[cut:], [p - cut for p in pos]))
+            width = max(len(ids) for ids, _ in kept)
+            input_ids = torch.full((len(kept), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(kept), width), dtype=torch.long)
+            for i, (ids, _) in enumerate(kept):
+                input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention[i, : len(ids)] = 1
+            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)).logits
+            probs = torch.softmax(logits.float(), dim=-1)
+            token_scores = probs[..., 1] - probs[..., 0] if self.score_mode == "difference" else probs[..., 1]
+            for i, (_, pos) in enumerate(kept):
+                valid = [p for p in pos if p >= 0]
+                first = valid[0] if valid else 0
+                out.append([token_scores[i, p if p >= 0 else first].item() for p in pos])
+        return out

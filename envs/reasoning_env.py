@@ -1,0 +1,329 @@
+"""``ReasoningStepEnv``: step-level reasoning as a batched TorchRL environment (PURE spec sections 2 and 4).
+
+One episode is one response to one question. The state is the question plus the steps written so far; an
+action is the next step (its text, its token count, and whether it ended with EOS); the reward is the PRM's
+score of that step, with the verifiable reward added at the last step in ``prm+vr`` mode.
+
+Batch layout: ``batch_size = [B]`` episodes, in groups of ``group_size`` consecutive episodes that share a
+question (the samples of one prompt, compared by the RLOO/GRPO baselines). A reset draws ``B / group_size``
+questions; a partial reset must cover whole groups.
+
+Keys (everything is in the specs; ``check_env_specs`` passes):
+
+- observation: ``question``, ``prompt`` (the question in the prompt template), ``response`` (steps so far,
+  joined), ``reference`` (``""`` when unknown) as text; ``has_reference`` ``[B, 1]`` bool; ``step_count``,
+  ``num_tokens`` (response tokens so far), ``group_id`` ``[B]`` int64; ``prm_reward`` and
+  ``verifier_reward`` ``[B, 1]`` (the PRM's score of the last step, and the verifier's 0/1 outcome at the last
+  step, 0 before), written separately so metrics and estimators can use them apart from ``reward``.
+- action: ``step_text`` (text), ``step_tokens`` ``[B]`` int64, ``step_eos`` ``[B]`` bool.
+- reward ``[B, 1]``; done / terminated (the step ended with EOS) / truncated (step or token budget spent).
+
+Stepping an episode that is already done is a no-op that reports it done again with zero reward, so a
+batch can be rolled out until every episode has finished (``env.rollout(..., break_when_all_done=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, NonTensor, Unbounded
+from torchrl.envs import EnvBase
+
+from envs.prm import ProcessRewardModel
+from envs.steps import split_token_steps
+from envs.tasks import Problem, ProblemSource, ProblemStream
+from envs.verifier import MathVerifier
+
+__all__ = ["REWARD_MODES", "ReasoningStepEnv"]
+
+REWARD_MODES = ("prm+vr", "prm", "vr")
+DEFAULT_PROMPT = (
+    '{question}\n\nPlease reason step by step with steps separated by "\\n\\n", '
+    "and put your final answer within \\boxed{{}}."
+)
+
+
+def _texts(value, n: int) -> list[str]:
+    """A batch of strings from what a tensordict holds (NonTensorStack, NonTensorData, list or str)."""
+    if isinstance(value, (NonTensorStack, NonTensorData)):
+        value = value.tolist()
+    if isinstance(value, str):
+        value = [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"expected {n} step texts, got {len(value)}")
+    return [v if isinstance(v, str) else str(v) for v in value]
+
+
+class ReasoningStepEnv(EnvBase):
+    """Batched step-level reasoning MDP with PRM and verifier rewards.
+
+    Args:
+        source: where questions come from (an :class:`~envs.tasks.ArithmeticTask`, a
+            :class:`~envs.datasets.JsonlDataset`, ...) or a ready :class:`~envs.tasks.ProblemStream`.
+        prm: scores each step; may be None in ``vr`` mode only.
+        verifier: checks the final answer (default :class:`~envs.verifier.MathVerifier`).
+        batch_size: episodes run at once, ``B``.
+        group_size: episodes per question (samples per prompt); must divide ``B``.
+        reward_mode: ``"prm+vr"`` (PRM score, plus ``vr_coef * (v - 1)`` at the last step), ``"prm"`` or
+            ``"vr"`` (0 until the last step, then ``v``).
+        vr_coef: ``c_vr``.
+        separator: step separator text (informational here: the policy ends steps with it).
+        max_steps, max_tokens: budgets per response; reaching one truncates the episode.
+        prompt_template: ``{question}`` placeholder; the paper's prompt by default.
+        seed: order of the questions.
+    """
+
+    batch_locked = True
+
+    def __init__(
+        self,
+        source: ProblemSource | ProblemStream,
+        prm: ProcessRewardModel | None,
+        verifier: MathVerifier | None = None,
+        *,
+        batch_size: int = 1,
+        group_size: int = 1,
+        reward_mode: str = "prm+vr",
+        vr_coef: float = 1.0,
+        separator: str = "\n\n",
+        max_steps: int = 16,
+        max_tokens: int = 256,
+        prompt_template: str = DEFAULT_PROMPT,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ):
+        if reward_mode not in REWARD_MODES:
+            raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
+        if prm is None and reward_mode != "vr":
+            raise ValueError(f"reward_mode {reward_mode!r} needs a PRM; pass prm=... or use reward_mode='vr'")
+        if batch_size % group_size:
+            raise ValueError(f"group_size {group_size} must divide batch_size {batch_size}")
+        if "{question}" not in prompt_template:
+            raise ValueError("prompt_template must contain {question}")
+        super().__init__(batch_size=torch.Size([batch_size]), device=device)
+        self.stream = source if isinstance(source, ProblemStream) else ProblemStream(source, seed=seed)
+        self.prm = prm
+        self.verifier = verifier or MathVerifier()
+        self.group_size = group_size
+        self.reward_mode = reward_mode
+        self.vr_coef = vr_coef
+        self.separator = separator
+        self.max_steps = max_steps
+        self.max_tokens = max_tokens
+        self.prompt_template = prompt_template
+        b = batch_size
+        self.problems: list[Problem | None] = [None] * b
+        self.steps: list[list[str]] = [[] for _ in range(b)]
+        self.group_ids = torch.zeros(b, dtype=torch.int64)
+        self.step_count = torch.zeros(b, dtype=torch.int64)
+        self.num_tokens = torch.zeros(b, dtype=torch.int64)
+        self.finished = torch.ones(b, dtype=torch.bool)
+        self._make_specs()
+
+    # --- specs ---------------------------------------------------------------------------------------------
+
+    def _make_specs(self) -> None:
+        b = self.batch_size
+        text = lambda: NonTensor(shape=b, example_data="text", device=self.device)  # noqa: E731
+        flag = lambda: Categorical(2, shape=(*b, 1), dtype=torch.bool, device=self.device)  # noqa: E731
+        self.observation_spec = Composite(
+            question=text(),
+            prompt=text(),
+            response=text(),
+            reference=text(),
+            has_reference=flag(),
+            step_count=Bounded(0, self.max_steps, shape=b, dtype=torch.int64, device=self.device),
+            num_tokens=Unbounded(shape=b, dtype=torch.int64, device=self.device),
+            group_id=Unbounded(shape=b, dtype=torch.int64, device=self.device),
+            prm_reward=Unbounded(shape=(*b, 1), dtype=torch.float32, device=self.device),
+            verifier_reward=Unbounded(shape=(*b, 1), dtype=torch.float32, device=self.device),
+            shape=b,
+        )
+        self.action_spec = Composite(
+            step_text=text(),
+            step_tokens=Bounded(0, self.max_tokens, shape=b, dtype=torch.int64, device=self.device),
+            step_eos=Categorical(2, shape=b, dtype=torch.bool, device=self.device),
+            shape=b,
+        )
+        self.reward_spec = Unbounded(shape=(*b, 1), dtype=torch.float32, device=self.device)
+        self.done_spec = Composite(done=flag(), terminated=flag(), truncated=flag(), shape=b)
+
+    # --- observations --------------------------------------------------------------------------------------
+
+    def _observation(self, prm_reward: torch.Tensor, verifier_reward: torch.Tensor) -> TensorDict:
+        b = self.batch_size[0]
+        problems = self.problems
+        has_ref = torch.tensor([p is not None and p.answer is not None for p in problems], dtype=torch.bool)
+        return TensorDict(
+            {
+                "question": NonTensorStack(*[NonTensorData(p.question if p else "") for p in problems]),
+                "prompt": NonTensorStack(*[NonTensorData(self.format_prompt(p) if p else "") for p in problems]),
+                "response": NonTensorStack(*[NonTensorData("".join(s)) for s in self.steps]),
+                "reference": NonTensorStack(*[NonTensorData((p.answer or "") if p else "") for p in problems]),
+                "has_reference": has_ref.view(b, 1),
+                "step_count": self.step_count.clone(),
+                "num_tokens": self.num_tokens.clone(),
+                "group_id": self.group_ids.clone(),
+                "prm_reward": prm_reward.view(b, 1).to(torch.float32),
+                "verifier_reward": verifier_reward.view(b, 1).to(torch.float32),
+            },
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+
+    def format_prompt(self, problem: Problem) -> str:
+        """The question in the prompt template (the policy applies a chat template on top if configured)."""
+        return self.prompt_template.format(question=problem.question)
+
+    # --- reset / step --------------------------------------------------------------------------------------
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        b = self.batch_size[0]
+        mask = None if tensordict is None else tensordict.get("_reset", None)
+        mask = torch.ones(b, dtype=torch.bool) if mask is None else mask.reshape(b).to(torch.bool).cpu()
+        groups = mask.view(-1, self.group_size)
+        if not torch.equal(groups.all(-1), groups.any(-1)):
+            raise ValueError(
+                f"a partial reset must cover whole groups of {self.group_size} episodes (the samples of one prompt)"
+            )
+        reset_groups = groups.all(-1).nonzero().flatten().tolist()
+        first_position = self.stream.position
+        for g, problem in zip(reset_groups, self.stream.next(len(reset_groups))):
+            for i in range(g * self.group_size, (g + 1) * self.group_size):
+                self.problems[i] = problem
+                self.steps[i] = []
+            self.group_ids[g * self.group_size : (g + 1) * self.group_size] = first_position
+            first_position += 1
+        self.step_count[mask] = 0
+        self.num_tokens[mask] = 0
+        self.finished[mask] = False
+        zeros = torch.zeros(b)
+        out = self._observation(zeros, zeros)
+        out.update(
+            {
+                key: torch.zeros(b, 1, dtype=torch.bool, device=self.device)
+                for key in ("done", "terminated", "truncated")
+            }
+        )
+        return out
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        b = self.batch_size[0]
+        texts = _texts(tensordict.get("step_text"), b)
+        n_tokens = tensordict.get("step_tokens").reshape(b).to(torch.int64).cpu()
+        eos = tensordict.get("step_eos").reshape(b).to(torch.bool).cpu()
+        active = ~self.finished
+        partial = tensordict.get("_step", None)
+        if partial is not None:
+            active &= partial.reshape(b).to(torch.bool).cpu()
+        idx = active.nonzero().flatten().tolist()
+
+        for i in idx:
+            self.steps[i].append(texts[i])
+        self.step_count[active] += 1
+        self.num_tokens[active] += n_tokens[active]
+        terminated = eos & active
+        truncated = active & ~terminated & ((self.step_count >= self.max_steps) | (self.num_tokens >= self.max_tokens))
+        ended = terminated | truncated
+
+        prm_reward = torch.zeros(b)
+        if self.prm is not None and idx:
+            scores = self.prm([self.problems[i].question for i in idx], [self.steps[i] for i in idx])
+            prm_reward[idx] = torch.tensor([s[-1] for s in scores], dtype=torch.float32)
+        verifier_reward = torch.zeros(b)
+        has_ref = torch.zeros(b, dtype=torch.bool)
+        for i in ended.nonzero().flatten().tolist():
+            problem = self.problems[i]
+            if problem.answer is not None:
+                has_ref[i] = True
+                verifier_reward[i] = float(self.verifier.verify("".join(self.steps[i]), problem.answer))
+
+        if self.reward_mode == "prm":
+            reward = prm_reward.clone()
+        elif self.reward_mode == "vr":
+            reward = verifier_reward.clone()
+        else:
+            reward = prm_reward + torch.where(has_ref, self.vr_coef * (verifier_reward - 1.0), torch.zeros(b))
+        reward[~active] = 0.0
+        self.finished |= ended
+
+        out = self._observation(prm_reward, verifier_reward)
+        done = self.finished.view(b, 1).clone()
+        # An episode that ended earlier stays done; terminated/truncated keep the reason it ended with.
+        self._terminated = getattr(self, "_terminated", torch.zeros(b, dtype=torch.bool))
+        self._terminated = torch.where(active, terminated, self._terminated & self.finished)
+        out.set("reward", reward.view(b, 1))
+        out.set("done", done)
+        out.set("terminated", self._terminated.view(b, 1).clone())
+        out.set("truncated", (done.view(b) & ~self._terminated).view(b, 1))
+        return out
+
+    def _set_seed(self, seed: int | None) -> None:
+        if seed is not None:
+            self.stream.seed = int(seed)
+            self.stream.position = 0
+            self.stream._order_epoch = -1
+
+    # --- data position (checkpoints) -----------------------------------------------------------------------
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        return {"stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state_dict: dict, *args, **kwargs) -> None:
+        self.stream.load_state_dict(state_dict["stream"])
+
+    # --- whole responses -----------------------------------------------------------------------------------
+
+    def rollout_responses(
+        self,
+        responses: Sequence[Sequence[int]],
+        tokenizer,
+        eos_token_ids: Sequence[int] = (),
+        tensordict: TensorDictBase | None = None,
+    ) -> TensorDictBase:
+        """Step trajectories ``[B, steps]`` built from whole generated responses (token ids, no prompt).
+
+        Each response is split into steps with :func:`envs.steps.split_token_steps` (the same rule a
+        step-by-step policy stops by) and fed to the env one step at a time, so the result equals stepping
+        with a policy that wrote the same tokens step by step. Resets first unless ``tensordict`` (a reset
+        output) is given.
+        """
+        b = self.batch_size[0]
+        if len(responses) != b:
+            raise ValueError(f"expected {b} responses, got {len(responses)}")
+        eos = set(eos_token_ids)
+        per_env = [split_token_steps(r, tokenizer, self.separator, eos_token_ids) for r in responses]
+        texts = [[tokenizer.decode(s, skip_special_tokens=True) for s in steps] for steps in per_env]
+        cursor = [0]
+
+        def scripted(td: TensorDictBase) -> TensorDictBase:
+            k = cursor[0]
+            cursor[0] += 1
+            step_text, step_tokens, step_eos = [], [], []
+            for i in range(b):
+                if k < len(per_env[i]):
+                    step_text.append(texts[i][k])
+                    step_tokens.append(len(per_env[i][k]))
+                    # The last step of a response that stopped without EOS still ends it: nothing follows.
+                    step_eos.append(per_env[i][k][-1] in eos or k == len(per_env[i]) - 1)
+                else:
+                    step_text.append("")
+                    step_tokens.append(0)
+                    step_eos.append(True)
+            td.set("step_text", NonTensorStack(*[NonTensorData(t) for t in step_text]))
+            td.set("step_tokens", torch.tensor(step_tokens, dtype=torch.int64))
+            td.set("step_eos", torch.tensor(step_eos, dtype=torch.bool))
+            return td
+
+        n_steps = max([len(s) for s in per_env] + [1])
+        return self.rollout(
+            max_steps=min(n_steps, self.max_steps),
+            policy=scripted,
+            auto_reset=tensordict is None,
+            tensordict=tensordict,
+            break_when_any_done=False,
+            break_when_all_done=True,
+        )

@@ -1,0 +1,104 @@
+"""Final-answer verification: the last ``\\boxed{}`` of a response against a reference, with math-verify.
+
+``MathVerifier().verify(response, reference) -> bool`` is a contract (outside checks call it). It never
+raises and its time is bounded: a response with no ``\\boxed{}`` is wrong (the spec's prompt demands one),
+inputs are capped in length before any parsing, and math-verify's own timeouts bound the symbolic compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+__all__ = ["MathVerifier", "last_boxed"]
+
+log = logging.getLogger(__name__)
+
+_BOXED_MARKERS = ("\\boxed", "\\fbox")
+
+
+def last_boxed(text: str, max_chars: int = 2000) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``) in ``text``, else None.
+
+    Braces are matched (nested braces are fine); an unbalanced or over-long box gives None. Scans at most
+    ``max_chars`` after the marker, so time is linear in the input whatever it holds.
+    """
+    start = max(text.rfind(m) for m in _BOXED_MARKERS)
+    if start < 0:
+        return None
+    marker = next(m for m in _BOXED_MARKERS if text.startswith(m, start))
+    i = start + len(marker)
+    if i < len(text) and text[i] == " ":
+        # "\boxed 5": the argument runs to the next '$' or whitespace.
+        rest = text[i + 1 : i + 1 + max_chars]
+        arg = rest.split("$")[0].split()[0] if rest.strip() else ""
+        return arg or None
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth = 0
+    for j in range(i, min(len(text), i + max_chars)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None
+
+
+class MathVerifier:
+    """Checks the final ``\\boxed{}`` answer of a response against a reference answer.
+
+    Args:
+        max_response_chars: only the last this-many characters of a response are searched (the final answer
+            is at the end; this bounds time on huge inputs).
+        max_answer_chars: a boxed answer or reference longer than this is judged wrong without parsing.
+        timeout_seconds: math-verify's parse and compare timeouts (they use SIGALRM, so they apply only in
+            the main thread; elsewhere the length caps alone bound the time).
+    """
+
+    def __init__(self, max_response_chars: int = 20_000, max_answer_chars: int = 500, timeout_seconds: int = 5):
+        self.max_response_chars = max_response_chars
+        self.max_answer_chars = max_answer_chars
+        self.timeout_seconds = timeout_seconds
+
+    def extract(self, response: str) -> str | None:
+        """The boxed final answer of ``response``, or None when there is none."""
+        if not isinstance(response, str):
+            return None
+        return last_boxed(response[-self.max_response_chars :], max_chars=self.max_answer_chars + 2)
+
+    def verify(self, response: str, reference: str) -> bool:
+        """True when the last ``\\boxed{}`` of ``response`` equals ``reference`` mathematically. Never raises."""
+        try:
+            return self._verify(response, reference)
+        except Exception as e:  # a verifier must never take a training run down
+            log.warning("verifier error on answer %.80r vs %.80r: %s", self.extract(response), reference, e)
+            return False
+
+    def _verify(self, response: str, reference: str) -> bool:
+        answer = self.extract(response)
+        if answer is None or reference is None:
+            return False
+        reference = str(reference).strip()
+        answer = answer.strip()
+        if not answer or not reference or len(reference) > self.max_answer_chars:
+            return False
+        if answer == reference:
+            return True
+        from math_verify import parse, verify
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        timeout = self.timeout_seconds if main_thread else None
+        parse_timeout = self.timeout_seconds if main_thread else None
+        gold = parse(_as_latex(reference), parsing_timeout=parse_timeout)
+        pred = parse(_as_latex(answer), parsing_timeout=parse_timeout)
+        if not gold or not pred:
+            return False
+        return bool(verify(gold, pred, timeout_seconds=timeout))
+
+
+def _as_latex(answer: str) -> str:
+    # math-verify extracts from math mode; a bare answer such as "\frac{1}{2}" or "(3, 4)" gets wrapped.
+    return answer if "$" in answer else f"${answer}$"

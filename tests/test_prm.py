@@ -1,0 +1,160 @@
+"""Reward sources: the arithmetic rule PRM and the HF token-classification PRM (both layouts)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from envs.prm import HFTokenClassificationPRM, PRMError, ProcessRewardModel
+from envs.rule_prm import ArithmeticRulePRM, check_equations
+from envs.tasks import ArithmeticTask
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("12 + 7 = 19", [True]),
+        ("12 + 7 = 20", [False]),
+        ("3 * 4 = 12 + 1 = 13", [True, True]),  # running calculation
+        ("3 * 4 = 12 + 1 = 14", [True, False]),
+        ("3 * 4 = 13 + 1 = 14", [False, True]),
+        ("So 0.1 + 0.2 = 0.3.", [True]),  # exact rationals, no float error
+        ("7 / 2 = 3", [False]),
+        ("7 / 2 = 3.5", [True]),
+        ("5 / 0 = 0", [False]),
+        ("$3 \\times 4 = 12$", [True]),
+        ("3 x 4 = 12", [True]),
+        ("1,000 + 1 = 1,001", [True]),
+        ("2^3 = 8", [True]),
+        ("(2 + 3) * 4 = 20", [True]),
+        ("-3 + 5 = 2", [True]),
+        ("He has 20 - 4 = 16 apples, and 16 / 2 = 8.", [True, True]),
+        ("x = 5", []),
+        ("x2 = 4", []),
+        ("12 apples = 12", []),
+        ("\\frac{1}{2} = 0.5", []),
+        ("9^9^9 = 1", []),  # bounded powers: not evaluated
+        ("Let me think.", []),
+        ("The answer is \\boxed{19}.", []),
+    ],
+)
+def test_check_equations(text, expected):
+    assert check_equations(text) == expected
+
+
+def test_rule_prm_scores_and_neutral_filler():
+    prm = ArithmeticRulePRM(correct_score=1.0, wrong_score=-1.0, neutral_score=0.2)
+    scores = prm(["q"], [["12 + 7 = 19.\n\n", "12 + 7 = 18.\n\n", "Let me double check.\n\n"]])
+    assert scores == [[1.0, -1.0, 0.2]]
+    with pytest.raises(ValueError, match="neutral_score"):
+        ArithmeticRulePRM(neutral_score=2.0)
+
+
+def test_rule_prm_accepts_reference_solutions():
+    prm = ArithmeticRulePRM(neutral_score=0.0)
+    for level in range(1, 6):
+        task = ArithmeticTask(level, seed=3)
+        for i in range(20):
+            steps = task.problem(i).solution.split("\n\n")
+            scores = prm(["q"], [steps])[0]
+            assert -1.0 not in scores, (level, i, steps)
+            assert scores.count(1.0) == len(steps) - 2  # every computation step checks out
+
+
+# --- the HF token-classification PRM ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_prm_model(tiny_tokenizer):
+    from transformers import Qwen2Config, Qwen2ForTokenClassification
+
+    config = Qwen2Config(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return Qwen2ForTokenClassification(config).eval()
+
+
+QUESTION = "Tom has 3 apples and gets 4 more. How many?"
+STEPS = ["Tom starts with 3.\n\n", "3 + 4 = 7.\n\n", "The answer is \\boxed{7}."]
+
+
+@pytest.mark.parametrize("layout", ["pure", "qwen"])
+def test_hf_prm_scores_shape_range_and_manual_equality(tiny_prm_model, tiny_tokenizer, layout):
+    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout=layout)
+    scores = prm([QUESTION, "Other?"], [STEPS, STEPS[:1]])
+    assert [len(s) for s in scores] == [3, 1]
+    assert all(-1 <= x <= 1 for row in scores for x in row)
+    ids, positions = prm._encode(QUESTION, STEPS)
+    assert [ids[p] for p in positions] == [prm.marker_id] * 3
+    with torch.no_grad():
+        probs = torch.softmax(tiny_prm_model(input_ids=torch.tensor([ids])).logits[0], -1)
+    manual = [(probs[p, 1] - probs[p, 0]).item() for p in positions]
+    assert scores[0] == pytest.approx(manual, abs=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["pure", "qwen"])
+def test_hf_prm_reads_exactly_each_steps_position(tiny_prm_model, tiny_tokenizer, layout):
+    """Flip the label logits at one step's marker token: only that step's score moves (it changes sign)."""
+    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout=layout)
+    base = prm([QUESTION], [STEPS])[0]
+    _, positions = prm._encode(QUESTION, STEPS)
+    for k, pos in enumerate(positions):
+
+        def flip(module, inputs, output, pos=pos):
+            output.logits[:, pos] = output.logits[:, pos].flip(-1)
+            return output
+
+        handle = tiny_prm_model.register_forward_hook(flip)
+        try:
+            flipped = prm([QUESTION], [STEPS])[0]
+        finally:
+            handle.remove()
+        for j in range(len(STEPS)):
+            if j == k:
+                assert flipped[j] == pytest.approx(-base[j], abs=1e-5)
+            else:
+                assert flipped[j] == pytest.approx(base[j], abs=1e-6)
+
+
+def test_hf_prm_batching_padding_and_causality(tiny_prm_model, tiny_tokenizer):
+    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, batch_size=2)
+    alone = prm([QUESTION], [STEPS])[0]
+    batched = prm(["A much longer question about many things? " * 3, QUESTION, "q"], [STEPS[:1], STEPS, STEPS])
+    assert batched[1] == pytest.approx(alone, abs=1e-5)  # right padding does not move scores
+    prefix = prm([QUESTION], [STEPS[:2]])[0]
+    assert prefix == pytest.approx(alone[:2], abs=1e-5)  # a causal PRM: later steps cannot change earlier scores
+
+
+def test_hf_prm_from_folder_positive_mode_and_truncation(tiny_prm_model, tiny_tokenizer, tmp_path):
+    tiny_prm_model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    prm = HFTokenClassificationPRM(tmp_path, layout="pure", score_mode="positive", max_length=12)
+    scores = prm([QUESTION], [STEPS])[0]
+    assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
+
+
+def test_hf_prm_rejects_bad_setup(tiny_prm_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="layout"):
+        HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout="other")
+    with pytest.raises(ValueError, match="tokenizer"):
+        HFTokenClassificationPRM(tiny_prm_model, None)
+    with pytest.raises(ValueError, match="step token"):
+        HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout="qwen", step_token="<nope>")
+
+
+class ShortPRM(ProcessRewardModel):
+    def score(self, questions, steps):
+        return [[0.0] for _ in steps]
+
+
+def test_prm_wrong_score_count_is_an_error():
+    with pytest.raises(PRMError, match="2 steps"):
+        ShortPRM()(["q"], [["a", "b"]])
