@@ -15,7 +15,9 @@ Keys (everything is in the specs; ``check_env_specs`` passes):
   ``num_tokens`` (response tokens so far), ``group_id`` ``[B]`` int64; ``prm_reward`` and
   ``verifier_reward`` ``[B, 1]`` (the PRM's score of the last step, and the verifier's 0/1 outcome at the last
   step, 0 before), written separately so metrics and estimators can use them apart from ``reward``.
-- action: ``step_text`` (text), ``step_tokens`` ``[B]`` int64, ``step_eos`` ``[B]`` bool.
+- action: ``step_text`` (text), ``step_tokens`` ``[B]`` int64, ``step_eos`` ``[B]`` bool, and
+  ``step_token_ids`` (a list of ints, optional: the env stores them so the trainer sees the exact sampled
+  tokens; it never tokenizes anything itself).
 - reward ``[B, 1]``; done / terminated (the step ended with EOS) / truncated (step or token budget spent).
 
 Stepping an episode that is already done is a no-op that reports it done again with zero reward, so a
@@ -24,6 +26,7 @@ batch can be rolled out until every episode has finished (``env.rollout(..., bre
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -117,10 +120,12 @@ class ReasoningStepEnv(EnvBase):
         b = batch_size
         self.problems: list[Problem | None] = [None] * b
         self.steps: list[list[str]] = [[] for _ in range(b)]
+        self.token_ids: list[list[int]] = [[] for _ in range(b)]
         self.group_ids = torch.zeros(b, dtype=torch.int64)
         self.step_count = torch.zeros(b, dtype=torch.int64)
         self.num_tokens = torch.zeros(b, dtype=torch.int64)
         self.finished = torch.ones(b, dtype=torch.bool)
+        self.reward_seconds = 0.0  # time spent in the PRM and the verifier (a metric, reset by the caller)
         self._make_specs()
 
     # --- specs ---------------------------------------------------------------------------------------------
@@ -128,11 +133,13 @@ class ReasoningStepEnv(EnvBase):
     def _make_specs(self) -> None:
         b = self.batch_size
         text = lambda: NonTensor(shape=b, example_data="text", device=self.device)  # noqa: E731
+        ids = lambda: NonTensor(shape=b, example_data=[0], device=self.device)  # noqa: E731
         flag = lambda: Categorical(2, shape=(*b, 1), dtype=torch.bool, device=self.device)  # noqa: E731
         self.observation_spec = Composite(
             question=text(),
             prompt=text(),
             response=text(),
+            response_token_ids=ids(),
             reference=text(),
             has_reference=flag(),
             step_count=Bounded(0, self.max_steps, shape=b, dtype=torch.int64, device=self.device),
@@ -146,6 +153,7 @@ class ReasoningStepEnv(EnvBase):
             step_text=text(),
             step_tokens=Bounded(0, self.max_tokens, shape=b, dtype=torch.int64, device=self.device),
             step_eos=Categorical(2, shape=b, dtype=torch.bool, device=self.device),
+            step_token_ids=ids(),
             shape=b,
         )
         self.reward_spec = Unbounded(shape=(*b, 1), dtype=torch.float32, device=self.device)
@@ -162,6 +170,7 @@ class ReasoningStepEnv(EnvBase):
                 "question": NonTensorStack(*[NonTensorData(p.question if p else "") for p in problems]),
                 "prompt": NonTensorStack(*[NonTensorData(self.format_prompt(p) if p else "") for p in problems]),
                 "response": NonTensorStack(*[NonTensorData("".join(s)) for s in self.steps]),
+                "response_token_ids": NonTensorStack(*[NonTensorData(list(t)) for t in self.token_ids]),
                 "reference": NonTensorStack(*[NonTensorData((p.answer or "") if p else "") for p in problems]),
                 "has_reference": has_ref.view(b, 1),
                 "step_count": self.step_count.clone(),
@@ -195,6 +204,7 @@ class ReasoningStepEnv(EnvBase):
             for i in range(g * self.group_size, (g + 1) * self.group_size):
                 self.problems[i] = problem
                 self.steps[i] = []
+                self.token_ids[i] = []
             self.group_ids[g * self.group_size : (g + 1) * self.group_size] = first_position
             first_position += 1
         self.step_count[mask] = 0
@@ -220,15 +230,22 @@ class ReasoningStepEnv(EnvBase):
         if partial is not None:
             active &= partial.reshape(b).to(torch.bool).cpu()
         idx = active.nonzero().flatten().tolist()
+        step_ids = tensordict.get("step_token_ids", None)
+        step_ids = None if step_ids is None else (step_ids.tolist() if hasattr(step_ids, "tolist") else step_ids)
+        if isinstance(step_ids, list) and b == 1 and step_ids and isinstance(step_ids[0], int):
+            step_ids = [step_ids]  # a batch of one holding a single list
 
         for i in idx:
             self.steps[i].append(texts[i])
+            if step_ids is not None:
+                self.token_ids[i].extend(int(t) for t in step_ids[i])
         self.step_count[active] += 1
         self.num_tokens[active] += n_tokens[active]
         terminated = eos & active
         truncated = active & ~terminated & ((self.step_count >= self.max_steps) | (self.num_tokens >= self.max_tokens))
         ended = terminated | truncated
 
+        t0 = time.perf_counter()
         prm_reward = torch.zeros(b)
         if self.prm is not None and idx:
             scores = self.prm([self.problems[i].question for i in idx], [self.steps[i] for i in idx])
@@ -240,6 +257,7 @@ class ReasoningStepEnv(EnvBase):
             if problem.answer is not None:
                 has_ref[i] = True
                 verifier_reward[i] = float(self.verifier.verify("".join(self.steps[i]), problem.answer))
+        self.reward_seconds += time.perf_counter() - t0
 
         if self.reward_mode == "prm":
             reward = prm_reward.clone()
@@ -302,20 +320,26 @@ class ReasoningStepEnv(EnvBase):
         def scripted(td: TensorDictBase) -> TensorDictBase:
             k = cursor[0]
             cursor[0] += 1
-            step_text, step_tokens, step_eos = [], [], []
+            step_text, step_tokens, step_eos, step_ids = [], [], [], []
             for i in range(b):
-                if k < len(per_env[i]):
+                steps = per_env[i]
+                if k < len(steps):
                     step_text.append(texts[i][k])
-                    step_tokens.append(len(per_env[i][k]))
-                    # The last step of a response that stopped without EOS still ends it: nothing follows.
-                    step_eos.append(per_env[i][k][-1] in eos or k == len(per_env[i]) - 1)
+                    step_tokens.append(len(steps[k]))
+                    step_ids.append(list(steps[k]))
+                    # The last step ends the response: by EOS, or (shorter than the token budget) because the
+                    # response simply stops there; a response cut by the budget is left to truncate.
+                    last = k == len(steps) - 1
+                    step_eos.append(steps[k][-1] in eos or (last and len(responses[i]) < self.max_tokens))
                 else:
                     step_text.append("")
                     step_tokens.append(0)
+                    step_ids.append([])
                     step_eos.append(True)
             td.set("step_text", NonTensorStack(*[NonTensorData(t) for t in step_text]))
             td.set("step_tokens", torch.tensor(step_tokens, dtype=torch.int64))
             td.set("step_eos", torch.tensor(step_eos, dtype=torch.bool))
+            td.set("step_token_ids", NonTensorStack(*[NonTensorData(t) for t in step_ids]))
             return td
 
         n_steps = max([len(s) for s in per_env] + [1])

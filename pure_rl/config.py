@@ -148,12 +148,18 @@ class PolicyConfig:
         "(built offline for tests), or an HF model folder / hub name",
     )
     backend: str = opt("transformers", "generation engine", choices=("transformers", "vllm"))
+    rollout_mode: str = opt(
+        "step",
+        "generate one step per env step, or whole responses then segment (same result)",
+        choices=("step", "response"),
+    )
     dtype: str = opt(
         "float32", "parameter dtype (float32 on CPUs without bf16 units)", choices=("float32", "bfloat16", "float16")
     )
     device: str = opt("cpu", "torch device of the trained policy, e.g. cpu or cuda:0")
     temperature: float = opt(0.7, "sampling temperature for rollouts", check=_non_negative, allowed=">= 0")
     top_p: float = opt(1.0, "nucleus sampling mass", check=lambda v: 0 < v <= 1, allowed="in (0, 1]")
+    max_model_len: int = opt(2048, "vllm: prompt + response tokens the engine holds", check=_positive, allowed="> 0")
     gpu_memory_utilization: float = opt(
         0.5, "vllm: share of GPU memory for the engine", check=lambda v: 0 < v <= 1, allowed="in (0, 1]"
     )

@@ -286,6 +286,7 @@ def step_advantages(
     has_reference: Tensor | None = None,
     vr_coef: float = 0.0,
     whiten_advantages: bool = False,
+    extra_rewards: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The whole of PURE's credit assignment for a step-level batch (spec sections 3-5).
 
@@ -300,6 +301,10 @@ def step_advantages(
        - ``none``: the value target itself.
     4. Optionally whiten over valid steps (weighted by tokens per step when given).
 
+    ``extra_rewards`` are per-step rewards outside the credit form (the k1 KL penalty of the reference code,
+    ``-kl_coef * sum_t (log pi - log pi_ref)`` over the step's tokens): they enter the return-to-go as they
+    are, never the min.
+
     Args:
         rewards: ``[N, K]`` process reward per step (PRM score; zeros for VR-only).
         mask: ``[N, K]`` bool valid steps.
@@ -313,6 +318,7 @@ def step_advantages(
         has_reference: ``[N]`` bool, prompts with a reference answer (others get no VR term).
         vr_coef: ``c_vr``; 0 disables the VR term.
         whiten_advantages: whiten the advantages over the batch.
+        extra_rewards: ``[N, K]`` per-step rewards added outside the credit form, or None.
 
     Returns:
         ``(advantages, value_targets)``, both ``[N, K]`` and 0 on padding.
@@ -332,6 +338,8 @@ def step_advantages(
     else:
         process_returns = sum_form_returns(rewards, mask, gamma)
     d = step_rewards_from_returns(process_returns, mask, gamma)
+    if extra_rewards is not None:
+        d = d + extra_rewards.to(d.dtype) * mask
 
     use_vr = vr_coef != 0.0
     if use_vr and correct is None:

@@ -72,6 +72,7 @@ class StepCreditEstimator(ValueEstimatorBase):
             group_id: prompt group id ``[..., K]``.
             verifier_reward: 0/1 verifier outcome, read under ``"next"`` at the last valid step.
             has_reference: bool, read under ``"next"``; absent -> every prompt has a reference.
+            extra_reward: optional per-step reward outside the credit form (e.g. the k1 KL penalty).
         """
 
         advantage: NestedKey = "advantage"
@@ -87,6 +88,7 @@ class StepCreditEstimator(ValueEstimatorBase):
         group_id: NestedKey = "group_id"
         verifier_reward: NestedKey = "verifier_reward"
         has_reference: NestedKey = "has_reference"
+        extra_reward: NestedKey = "extra_reward"
 
     default_keys = _AcceptedKeys
     form: str = "min_form"
@@ -201,6 +203,9 @@ class StepCreditEstimator(ValueEstimatorBase):
             if tensordict.get(("next", self.tensor_keys.has_reference), None) is not None:
                 ref = self._step_tensor(tensordict, ("next", self.tensor_keys.has_reference)).to(torch.bool)
                 has_reference = ref.gather(-1, last).squeeze(-1).reshape(-1)
+        extra = None
+        if tensordict.get(self.tensor_keys.extra_reward, None) is not None:
+            extra = self._step_tensor(tensordict, self.tensor_keys.extra_reward).reshape(flat)
         advantage, value_target = credit.step_advantages(
             rewards.reshape(flat),
             mask.reshape(flat),
@@ -214,6 +219,7 @@ class StepCreditEstimator(ValueEstimatorBase):
             has_reference=has_reference,
             vr_coef=self.vr_coef,
             whiten_advantages=self.whiten,
+            extra_rewards=extra,
         )
         return advantage.reshape(shape).unsqueeze(-1), value_target.reshape(shape).unsqueeze(-1)
 

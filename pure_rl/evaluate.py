@@ -1,0 +1,72 @@
+"""Greedy evaluation on held-out problems: ``python -m pure_rl.evaluate --config X [--run-dir RUN] [k=v ...]``.
+
+Accuracy is the verifier's (last ``\\boxed{}`` against the reference), with greedy decoding, one sample per
+problem. With ``--run-dir`` the policy weights come from that run's checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+import torch
+
+__all__ = ["evaluate", "greedy"]
+
+
+@contextlib.contextmanager
+def greedy(policy):
+    """Temporarily decode greedily (temperature 0) with the policy's backend."""
+    backend = policy.backend
+    saved = backend.temperature
+    backend.temperature = 0.0
+    try:
+        yield policy
+    finally:
+        backend.temperature = saved
+
+
+def evaluate(env, policy, mode: str = "response") -> dict[str, float]:
+    """Greedy accuracy and response statistics on one batch of the (held-out) env: ``eval_*`` metrics."""
+    from pure_rl.metrics import rollout_metrics
+    from pure_rl.rollout import collect
+
+    with greedy(policy), torch.no_grad():
+        traj = collect(env, policy, mode)
+    m = rollout_metrics(traj)
+    keys = ("accuracy", "steps_per_response", "response_tokens", "no_boxed_share", "prm_reward_mean")
+    return {f"eval_{k}": m[k] for k in keys if k in m}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from agents import make_policy
+    from envs import make_env
+    from pure_rl.checkpoint import load_checkpoint
+    from pure_rl.config import ConfigError, load_config
+    from pure_rl.train import DEFAULT_CONFIG
+
+    p = argparse.ArgumentParser(prog="python -m pure_rl.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help="YAML run config (default: the run's, else configs/default.yaml)")
+    p.add_argument("--run-dir", default=None, help="evaluate the policy saved in this run's checkpoint")
+    p.add_argument("--problems", type=int, default=None, help="held-out problems (default: train.eval_prompts)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.eval_dataset=gsm8k")
+    args = p.parse_args(argv)
+    config = args.config or (f"{args.run_dir}/config.yaml" if args.run_dir else DEFAULT_CONFIG)
+    try:
+        cfg = load_config(config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    policy = make_policy(cfg)
+    if args.run_dir:
+        policy.model.load_state_dict(load_checkpoint(args.run_dir)["model"])
+        policy.sync_weights()
+    env = make_env(cfg, split="eval", batch_size=args.problems)
+    result = evaluate(env, policy, cfg.policy.rollout_mode)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

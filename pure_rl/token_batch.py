@@ -1,0 +1,110 @@
+"""From step trajectories to token tensors: what the token-level PPO loss consumes.
+
+Every token of a step gets its step's advantage; the token that ends a step at the separator, and the EOS
+token, get zero advantage (the reference code's default, configurable). Sequences are right-padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+__all__ = ["build_token_batch", "step_sums", "token_advantages", "valid_step_mask"]
+
+
+def valid_step_mask(traj: TensorDictBase) -> torch.Tensor:
+    """``[B, K]`` True on real steps: those before or at each episode's first ``done``."""
+    done = traj.get(("next", "done")).reshape(traj.shape).to(torch.long)
+    return (done.cumsum(-1) - done) == 0
+
+
+def build_token_batch(
+    traj: TensorDictBase,
+    prompt_ids: Callable[[str], list[int]],
+    *,
+    eos_token_ids: Sequence[int],
+    separator_check: Callable[[list[int]], bool],
+    mask_separator_tokens: bool = True,
+    pad_id: int = 0,
+) -> TensorDict:
+    """Padded token tensors ``[B, T]`` for a trajectory batch ``[B, K]``.
+
+    Args:
+        traj: a rollout of :class:`~envs.reasoning_env.ReasoningStepEnv` with the policy's ``step_token_ids``.
+        prompt_ids: the policy's prompt encoding (chat template included), from the env's ``prompt`` text.
+        eos_token_ids: EOS ids (EOS tokens get no advantage when ``mask_separator_tokens``).
+        separator_check: whether a step's token ids ended at the separator.
+        mask_separator_tokens: zero-advantage the separator-ending token and EOS.
+        pad_id: right-padding id.
+
+    Returns:
+        ``input_ids``, ``attention_mask``, ``response_mask`` (response tokens), ``advantage_mask`` (response
+        tokens that carry an advantage), ``step_index`` (the step of each response token, -1 elsewhere),
+        ``prompt_length`` ``[B]``.
+    """
+    b, k = traj.shape
+    valid = valid_step_mask(traj)
+    prompts = traj.get("prompt").tolist()
+    step_ids = traj.get("step_token_ids").tolist()
+    eos = set(eos_token_ids)
+    rows = []
+    for i in range(b):
+        ids = list(prompt_ids(prompts[i][0]))
+        p_len = len(ids)
+        step_of, carries = [-1] * p_len, [False] * p_len
+        for s in range(k):
+            if not valid[i, s]:
+                break
+            toks = [int(t) for t in step_ids[i][s]]
+            ends_at_boundary = bool(toks) and (toks[-1] in eos or separator_check(toks))
+            for j, t in enumerate(toks):
+                ids.append(t)
+                step_of.append(s)
+                is_last = j == len(toks) - 1
+                carries.append(not (mask_separator_tokens and is_last and ends_at_boundary))
+        rows.append((ids, p_len, step_of, carries))
+    width = max(len(r[0]) for r in rows)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, width), dtype=torch.long)
+    response = torch.zeros((b, width), dtype=torch.bool)
+    carries_t = torch.zeros((b, width), dtype=torch.bool)
+    step_index = torch.full((b, width), -1, dtype=torch.long)
+    prompt_length = torch.zeros(b, dtype=torch.long)
+    for i, (ids, p_len, step_of, carries) in enumerate(rows):
+        n = len(ids)
+        input_ids[i, :n] = torch.tensor(ids)
+        attention[i, :n] = 1
+        response[i, p_len:n] = True
+        carries_t[i, :n] = torch.tensor(carries)
+        step_index[i, :n] = torch.tensor(step_of)
+        prompt_length[i] = p_len
+    return TensorDict(
+        {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "response_mask": response,
+            "advantage_mask": carries_t & response,
+            "step_index": step_index,
+            "prompt_length": prompt_length,
+        },
+        batch_size=[b],
+    )
+
+
+def token_advantages(step_advantage: torch.Tensor, tokens: TensorDictBase) -> torch.Tensor:
+    """Broadcast ``[B, K]`` step advantages to ``[B, T]`` tokens (0 where ``advantage_mask`` is False)."""
+    idx = tokens["step_index"].clamp(min=0)
+    adv = step_advantage.gather(-1, idx)
+    return torch.where(tokens["advantage_mask"], adv, torch.zeros_like(adv))
+
+
+def step_sums(token_values: torch.Tensor, tokens: TensorDictBase, n_steps: int) -> torch.Tensor:
+    """Sum ``[B, T]`` per-token values over each step's response tokens: ``[B, K]``."""
+    b = token_values.shape[0]
+    idx = tokens["step_index"]
+    valid = (idx >= 0) & tokens["response_mask"]
+    out = torch.zeros(b, n_steps + 1, dtype=token_values.dtype)
+    out.scatter_add_(-1, torch.where(valid, idx, n_steps), torch.where(valid, token_values, 0.0))
+    return out[:, :n_steps]

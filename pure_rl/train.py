@@ -1,0 +1,379 @@
+"""PURE training: ``python -m pure_rl.train --config configs/NAME.yaml [--run-dir DIR] [--resume DIR] [k=v ...]``.
+
+One iteration, top to bottom: roll out a grouped batch of episodes (policy + step-level env) -> token batch
+-> reference log-probs (KL) -> value estimator (min-form or sum-form credit, RLOO baselines) -> token-level
+PPO-clip with gradient accumulation -> optimiser step -> weight sync to the generation engine -> metrics,
+samples, evaluation, checkpoint. Every hyperparameter is in the config (``--print-config`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from pure_rl.config import ConfigError, RunConfig, config_to_dict, describe, load_config, save_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pure_rl.train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help=f"YAML run config (default: {DEFAULT_CONFIG.name})")
+    p.add_argument("--run-dir", default=None, help="where config, metrics, checkpoints, plot and summary go")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-keys", action="store_true", help="list every config key with its help and exit")
+    p.add_argument("--dry-run", action="store_true", help="load and validate the config, build nothing, exit")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.temperature=0.05 train.lr=3e-6")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there (is it a pure_rl run directory?)")
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        return cfg, run_dir
+    cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    run_dir = Path(args.run_dir or cfg.log.run_dir.format(name=cfg.log.name))
+    return cfg, run_dir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.list_keys:
+        print("\n".join(describe()))
+        return {}
+    try:
+        cfg, run_dir = resolve_config(args)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    if args.print_config:
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+        return {}
+    if args.dry_run:
+        print(
+            f"config OK: {cfg.policy.model} ({cfg.policy.backend}), {cfg.algo.estimator}, "
+            f"{cfg.env.reward_mode}, {cfg.train.iterations} iterations -> {run_dir}"
+        )
+        return {}
+    return train(cfg, run_dir, resume=bool(args.resume))
+
+
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+    # Heavy imports after the config is validated: a typo never waits for torch models to load.
+    from torchrl.record.loggers import CSVLogger
+    from tqdm import tqdm
+
+    from agents import make_policy, make_reference_model
+    from agents.log_probs import token_log_probs
+    from envs import make_env
+    from envs.steps import completes_step
+    from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from pure_rl.evaluate import evaluate
+    from pure_rl.loss import StepTokenPPOLoss
+    from pure_rl.metrics import rollout_metrics
+    from pure_rl.plots import plot_run, truncate_metrics
+    from pure_rl.rollout import collect
+    from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(cfg, run_dir / "config.yaml")
+    seed_everything(cfg.train.seed)
+    t_setup = time.perf_counter()
+
+    # --- environment, policy, loss, optimiser -------------------------------------------------------------
+    env = make_env(cfg)
+    eval_env = make_env(cfg, split="eval", prm=env.prm) if cfg.train.eval_every else None
+    policy = make_policy(cfg)
+    model, tokenizer = policy.model, policy.tokenizer
+    reference = make_reference_model(model) if cfg.algo.kl_coef > 0 else None
+    loss_module = StepTokenPPOLoss(
+        model,
+        clip_epsilon=cfg.algo.clip_epsilon,
+        entropy_coef=cfg.algo.entropy_coef,
+        kl_coef=cfg.algo.kl_coef,
+        kl_estimator=cfg.algo.kl_estimator,
+    )
+    uses_vr = cfg.env.reward_mode in ("prm+vr", "vr")
+    estimator_kwargs = dict(
+        gamma=cfg.algo.gamma,
+        baseline=cfg.algo.baseline,
+        whiten=cfg.algo.whiten,
+        vr_coef=cfg.env.vr_coef if uses_vr else 0.0,
+    )
+    if cfg.algo.estimator == "min_form":
+        estimator_kwargs["temperature"] = cfg.algo.temperature or None
+    loss_module.make_value_estimator(cfg.algo.estimator, **estimator_kwargs)
+    estimator = loss_module.value_estimator
+    # Credit assignment reads the PRM score; the verifier term is added by the estimator (spec section 4).
+    estimator.set_keys(reward="prm_reward")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=0.0)
+    sampler = getattr(policy.backend, "generator", None)
+
+    # --- logging and resume -------------------------------------------------------------------------------
+    logger = CSVLogger(exp_name="logs", log_dir=str(run_dir))
+    scalars_dir = run_dir / "logs" / "scalars"
+    tb_logger = None
+    if cfg.log.tensorboard:
+        try:
+            from torchrl.record.loggers import TensorboardLogger
+
+            tb_logger = TensorboardLogger(exp_name="tensorboard", log_dir=str(run_dir))
+        except ImportError:
+            print("tensorboard is not installed: logging to CSV only (pip install tensorboard)")
+    start = 0
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        env.load_state_dict(ckpt["env"]["train"])
+        if eval_env is not None and "eval" in ckpt["env"]:
+            eval_env.load_state_dict(ckpt["env"]["eval"])
+        set_rng_state(ckpt["rng"], sampler)
+        start = ckpt["iteration"]
+        truncate_metrics(scalars_dir, start - 1)
+        policy.sync_weights()
+        print(f"resumed {run_dir} after iteration {start}")
+
+    def checkpoint(done_iterations: int) -> None:
+        envs_state = {"train": env.state_dict()}
+        if eval_env is not None:
+            envs_state["eval"] = eval_env.state_dict()
+        save_checkpoint(
+            run_dir,
+            iteration=done_iterations,
+            model=model,
+            optimizer=optimizer,
+            env_state=envs_state,
+            rng=rng_state(sampler),
+        )
+
+    stop = {"requested": False}
+
+    def on_interrupt(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\ninterrupt: finishing this iteration, saving a checkpoint, exiting (Ctrl-C again to abort)")
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+
+    def log(name: str, value: float, step: int) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        logger.log_scalar(name, float(value), step=step)
+        if tb_logger is not None:
+            tb_logger.log_scalar(name, float(value), step=step)
+
+    def micro_batches(n: int):
+        size = cfg.train.micro_batch_size
+        return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+    def separator_ended(ids: list[int]) -> bool:
+        return completes_step(tokenizer.decode(ids[-4:], skip_special_tokens=False), cfg.env.step_separator)
+
+    print(
+        f"setup {time.perf_counter() - t_setup:.1f}s: {cfg.policy.model} ({cfg.policy.backend}), "
+        f"{cfg.algo.estimator} credit, {cfg.env.reward_mode}, {env.batch_size[0]} episodes per iteration "
+        f"({cfg.train.prompts_per_iter} prompts x {cfg.train.samples_per_prompt}) -> {run_dir}"
+    )
+    history: list[dict] = []
+    progress = tqdm(
+        range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations, desc="train", dynamic_ncols=True
+    )
+    for iteration in progress:
+        step = iteration + 1
+        # 1. Rollout: the policy writes steps, the env scores them (PRM) and the final answer (verifier).
+        t0 = time.perf_counter()
+        env.reward_seconds = 0.0
+        with torch.no_grad():
+            traj = collect(env, policy, cfg.policy.rollout_mode)
+        rollout_s = time.perf_counter() - t0
+        reward_s = env.reward_seconds
+
+        # 2. Tokens, reference log-probs, KL in the reward (k1), credit assignment.
+        t1 = time.perf_counter()
+        tokens = build_token_batch(
+            traj,
+            policy.prompt_ids,
+            eos_token_ids=policy.eos_token_ids,
+            separator_check=separator_ended,
+            mask_separator_tokens=cfg.algo.mask_separator_tokens,
+            pad_id=tokenizer.pad_token_id or 0,
+        )
+        n_seq = tokens.shape[0]
+        need_old = cfg.train.ppo_epochs > 1 or reference is not None
+        if need_old:
+            with torch.no_grad():
+                old = torch.cat(
+                    [
+                        token_log_probs(model, tokens["input_ids"][mb], tokens["attention_mask"][mb])[0]
+                        for mb in micro_batches(n_seq)
+                    ]
+                ).cpu()
+            if cfg.train.ppo_epochs > 1:
+                tokens["old_log_prob"] = old
+        if reference is not None:
+            with torch.no_grad():
+                ref = torch.cat(
+                    [
+                        token_log_probs(reference, tokens["input_ids"][mb], tokens["attention_mask"][mb])[0]
+                        for mb in micro_batches(n_seq)
+                    ]
+                ).cpu()
+            tokens["ref_log_prob"] = ref
+            if cfg.algo.kl_estimator == "k1":
+                kl_steps = step_sums((old - ref) * tokens["response_mask"], tokens, traj.shape[1])
+                traj["extra_reward"] = -cfg.algo.kl_coef * kl_steps
+        estimator(traj)
+        tokens["advantage"] = token_advantages(traj["advantage"].reshape(traj.shape), tokens)
+
+        # 3. PPO update: micro-batches with gradient accumulation, one optimiser step per epoch.
+        stats = {"loss": 0.0, "loss_objective": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0}
+        model.train()
+        for _ in range(cfg.train.ppo_epochs):
+            optimizer.zero_grad(set_to_none=True)
+            for mb in micro_batches(n_seq):
+                out = loss_module(tokens[mb])
+                weight = (mb.stop - mb.start) / n_seq
+                total = out["loss_objective"] + out["loss_entropy"] + out["loss_kl"]
+                (total * weight).backward()
+                for key in ("loss_objective", "entropy", "clip_fraction", "kl"):
+                    stats[key] += out[key].item() * weight / cfg.train.ppo_epochs
+                stats["loss"] += total.item() * weight / cfg.train.ppo_epochs
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                print(f"iteration {step}: non-finite gradient norm, update skipped")
+            else:
+                optimizer.step()
+            stats["grad_norm"] += grad_norm.item() / cfg.train.ppo_epochs
+        model.eval()
+        update_s = time.perf_counter() - t1
+
+        # 4. Weight sync: the generation engine samples from the updated policy next iteration.
+        t2 = time.perf_counter()
+        policy.sync_weights()
+        sync_s = time.perf_counter() - t2
+
+        # 5. Metrics, samples, evaluation, checkpoint.
+        metrics = rollout_metrics(traj)
+        generated = tokens["response_mask"].sum().item()
+        metrics.update(stats)
+        metrics.update(
+            rollout_s=rollout_s,
+            reward_s=reward_s,
+            update_s=update_s,
+            sync_s=sync_s,
+            tokens_per_s=generated / max(rollout_s, 1e-9),
+        )
+        if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.iterations):
+            metrics.update(evaluate(eval_env, policy))
+        for name, value in metrics.items():
+            log(name, value, step)
+        history.append({"iteration": step, **metrics})
+        progress.set_postfix(
+            reward=f"{metrics['reward_return']:.2f}",
+            acc=f"{metrics.get('accuracy', 0):.2f}",
+            steps=f"{metrics['steps_per_response']:.1f}",
+            kl=f"{metrics['kl']:.3f}",
+        )
+        if cfg.log.sample_every and (step % cfg.log.sample_every == 0 or step == 1):
+            print_sample(traj, step)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.iterations or stop["requested"]:
+            checkpoint(step)
+        if stop["requested"]:
+            print(f"stopped after iteration {step}; resume with: python -m pure_rl.train --resume {run_dir}")
+            break
+    progress.close()
+    signal.signal(signal.SIGINT, previous_handler)
+
+    # --- artefacts: plot and summary ----------------------------------------------------------------------
+    summary = summarize(history, cfg, run_dir)
+    if scalars_dir.is_dir():
+        plot_run(
+            scalars_dir,
+            run_dir / "curves.png",
+            title=f"{cfg.log.name}: {cfg.algo.estimator}, {cfg.env.reward_mode}, {cfg.policy.model}",
+        )
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    return summary
+
+
+def print_sample(traj, step: int) -> None:
+    """The first response of the batch, step by step with each step's PRM score."""
+    from pure_rl.token_batch import valid_step_mask
+
+    mask = valid_step_mask(traj)[0]
+    texts = traj.get("step_text").tolist()[0]
+    scores = traj.get(("next", "prm_reward")).reshape(traj.shape)[0]
+    correct = traj.get(("next", "verifier_reward")).reshape(traj.shape)[0]
+    n = int(mask.sum())
+    print(f"\n--- sample at iteration {step}: {traj.get('question').tolist()[0][0][:200]}")
+    for k in range(n):
+        print(f"  [{scores[k].item():+.2f}] {texts[k].strip()[:200]!r}")
+    print(f"  verifier: {'correct' if correct[n - 1] > 0.5 else 'wrong'}")
+
+
+def summarize(history: list[dict], cfg: RunConfig, run_dir: Path) -> dict:
+    def first_last(key: str) -> dict:
+        values = [h[key] for h in history if key in h]
+        return {"first": values[0], "last": values[-1], "best": max(values)} if values else {}
+
+    timing = {
+        k: float(np.mean([h[k] for h in history]))
+        for k in ("rollout_s", "reward_s", "update_s", "sync_s", "tokens_per_s")
+        if history and k in history[0]
+    }
+    return {
+        "run_dir": str(run_dir),
+        "iterations": len(history) and history[-1]["iteration"],
+        "model": cfg.policy.model,
+        "estimator": cfg.algo.estimator,
+        "reward_mode": cfg.env.reward_mode,
+        "accuracy": first_last("accuracy"),
+        "eval_accuracy": first_last("eval_accuracy"),
+        "steps_per_response": first_last("steps_per_response"),
+        "response_tokens": first_last("response_tokens"),
+        "prm_reward_mean": first_last("prm_reward_mean"),
+        "seconds_per_iteration": timing,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"\nsummary ({summary['iterations']} iterations, {summary['estimator']}, {summary['reward_mode']}):"]
+    for key in ("accuracy", "eval_accuracy", "steps_per_response", "response_tokens", "prm_reward_mean"):
+        v = summary.get(key) or {}
+        if v:
+            lines.append(f"  {key:<20} first {v['first']:.3f}  last {v['last']:.3f}  best {v['best']:.3f}")
+    t = summary.get("seconds_per_iteration", {})
+    if t:
+        lines.append("  seconds/iteration    " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    lines.append(
+        f"  artefacts in {summary['run_dir']}: config.yaml, logs/scalars/*.csv, checkpoint.pt, curves.png, summary.json"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
