@@ -141,3 +141,10 @@ class VLLMBackend:
             self.llm.collective_rpc("pure_rl_load_weights", args=(f.name,))
         # Cached prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes now (instead of at interpreter exit)."""
+        engine = getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()

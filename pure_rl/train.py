@@ -150,7 +150,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             eval_env.load_state_dict(ckpt["env"]["eval"])
         set_rng_state(ckpt["rng"], sampler)
         start = ckpt["iteration"]
-        truncate_metrics(scalars_dir, start - 1)
+        truncate_metrics(scalars_dir, start)  # rows after the checkpoint are logged again
         policy.sync_weights()
         print(f"resumed {run_dir} after iteration {start}")
 

@@ -17,3 +17,20 @@ def tiny_model_path(tmp_path_factory):
     from agents.tiny import tiny_model_dir
 
     return tiny_model_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def warm_tiny_path(tmp_path_factory, tiny_model_path):
+    """The tiny model after a short supervised warm-up: it writes separated steps, boxed answers and EOS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from envs.tasks import ArithmeticTask
+    from pure_rl.warmup import warmup
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    warmup(model, tokenizer, ArithmeticTask(1, seed=0), steps=150, batch_size=16, seed=0)
+    out = tmp_path_factory.mktemp("warm") / "tiny-warm"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,140 @@
+"""Supervised warm-up on generated arithmetic solutions: ``python -m pure_rl.warmup --config X --out DIR``.
+
+Teaches a (tiny) model the task's format before RL, so that there is something to reinforce either way:
+solutions vary in step count and style (reference steps, merged steps, filler steps such as "Let me check
+this." that the rule PRM scores as neutral), and end with ``\\boxed{answer}`` and EOS. The result is an HF
+model folder that ``policy.model`` can point at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+
+__all__ = ["FILLERS", "varied_solution", "warmup"]
+
+FILLERS = [
+    "Let me think about this step by step.",
+    "Let me check this.",
+    "This is a simple problem.",
+    "I will compute it carefully.",
+]
+
+
+def varied_solution(solution: str, rng: random.Random) -> str:
+    """A reference solution with its style varied: steps merged, or filler steps inserted."""
+    steps = solution.split("\n\n")
+    style = rng.random()
+    if style < 0.25 and len(steps) > 2:
+        i = rng.randrange(len(steps) - 2)
+        steps[i : i + 2] = [steps[i] + " " + steps[i + 1]]
+    elif style < 0.5:
+        for _ in range(rng.randint(1, 3)):
+            steps.insert(rng.randrange(len(steps)), rng.choice(FILLERS))
+    return "\n\n".join(steps)
+
+
+def warmup(
+    model,
+    tokenizer,
+    problems,
+    *,
+    steps: int = 300,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    prompt_ids=None,
+    seed: int = 0,
+    log_every: int = 0,
+) -> list[float]:
+    """Train ``model`` in place on prompt -> solution pairs (loss on the solution tokens only).
+
+    Args:
+        model: causal LM.
+        tokenizer: its tokenizer (EOS ends every solution).
+        problems: a problem source with ``problem(i)`` giving ``question`` and ``solution``.
+        steps, batch_size, lr: optimisation.
+        prompt_ids: prompt encoder (the policy's, so warm-up and RL see the same prompt); default: the question.
+        seed: data order and solution styles.
+
+    Returns:
+        The loss of every step.
+    """
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    encode_prompt = prompt_ids or (lambda q: tokenizer.encode(q + "\n\n", add_special_tokens=False))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    losses = []
+    model.train()
+    for step in range(steps):
+        rows = []
+        for _ in range(batch_size):
+            p = problems.problem(rng.randrange(1_000_000))
+            prompt = encode_prompt(p.question)
+            answer = tokenizer.encode(varied_solution(p.solution, rng), add_special_tokens=False)
+            rows.append((prompt, [*answer, tokenizer.eos_token_id]))
+        width = max(len(a) + len(b) for a, b in rows)
+        ids = torch.full((batch_size, width), pad, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        attention = torch.zeros((batch_size, width), dtype=torch.long)
+        for i, (prompt, answer) in enumerate(rows):
+            seq = prompt + answer
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(prompt) : len(seq)] = torch.tensor(answer)
+            attention[i, : len(seq)] = 1
+        out = model(input_ids=ids.to(device), attention_mask=attention.to(device), labels=labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(out.loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            print(f"warm-up step {step + 1}/{steps}: loss {sum(losses[-log_every:]) / log_every:.3f}")
+    model.eval()
+    return losses
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from agents import make_policy
+    from envs import make_source
+    from pure_rl.config import load_config
+
+    p = argparse.ArgumentParser(prog="python -m pure_rl.warmup", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="run config: its policy.model is the starting point")
+    p.add_argument("--out", required=True, help="folder to save the warmed-up model in")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    policy = make_policy(cfg)
+    source = make_source(cfg)
+
+    def prompt_ids(question: str) -> list[int]:
+        return policy.prompt_ids(cfg.env.prompt_template.format(question=question))
+
+    losses = warmup(
+        policy.model,
+        policy.tokenizer,
+        source,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        prompt_ids=prompt_ids,
+        seed=cfg.train.seed,
+        log_every=max(1, args.steps // 10),
+    )
+    out = Path(args.out)
+    policy.model.save_pretrained(out)
+    policy.tokenizer.save_pretrained(out)
+    print(f"saved warmed-up model to {out} (loss {losses[0]:.3f} -> {losses[-1]:.3f}); use policy.model={out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
