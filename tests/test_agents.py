@@ -38,7 +38,7 @@ def test_resolve_model_dir(tmp_path, monkeypatch):
     assert (tmp_path / "models").exists() and tiny.startswith(str(tmp_path))
     assert resolve_model_dir("some-org/some-model") == "some-org/some-model"  # a hub name passes through
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelNotAvailableError, match="config.json"):
+    with pytest.raises(ModelNotAvailableError, match=r"config\.json"):
         resolve_model_dir(str(tmp_path / "empty"))
 
 
