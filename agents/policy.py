@@ -144,31 +144,26 @@ def make_policy(cfg, eos_token_ids: Sequence[int] | None = None) -> ReasoningPol
     """The configured policy: model, tokenizer and backend from ``cfg.policy``; budgets from ``cfg.env``."""
     pc = cfg.policy
     model, tokenizer, path = load_model_and_tokenizer(pc.model, pc.dtype, pc.device)
+    sampling = dict(
+        separator=cfg.env.step_separator,
+        temperature=pc.temperature,
+        top_p=pc.top_p,
+        seed=cfg.train.seed,
+        eos_token_ids=eos_token_ids,
+    )
     if pc.backend == "vllm":
         from agents.vllm_backend import VLLMBackend
 
         backend = VLLMBackend(
             path,
             tokenizer,
-            separator=cfg.env.step_separator,
-            temperature=pc.temperature,
-            top_p=pc.top_p,
-            seed=cfg.train.seed,
             dtype=pc.dtype,
             gpu_memory_utilization=pc.gpu_memory_utilization,
             max_model_len=pc.max_model_len,
-            eos_token_ids=eos_token_ids,
+            **sampling,
         )
     else:
-        backend = TransformersBackend(
-            model,
-            tokenizer,
-            separator=cfg.env.step_separator,
-            temperature=pc.temperature,
-            top_p=pc.top_p,
-            seed=cfg.train.seed,
-            eos_token_ids=eos_token_ids,
-        )
+        backend = TransformersBackend(model, tokenizer, **sampling)
     return ReasoningPolicy(
         backend, max_tokens=cfg.env.max_tokens, use_chat_template=cfg.env.use_chat_template, model=model
     )
