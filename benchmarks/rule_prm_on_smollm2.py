@@ -25,8 +25,10 @@ def main() -> None:
     from pure_rl.rollout import collect
     from pure_rl.token_batch import valid_step_mask
 
-    cfg = load_config("configs/default.yaml", [f"env.difficulty={args.difficulty}", f"env.max_tokens={args.max_tokens}",
-                                               "env.max_steps=12"])
+    cfg = load_config(
+        "configs/default.yaml",
+        [f"env.difficulty={args.difficulty}", f"env.max_tokens={args.max_tokens}", "env.max_steps=12"],
+    )
     env = make_env(cfg, split="eval", batch_size=args.problems)
     policy = make_policy(cfg)
     with greedy(policy), torch.no_grad():
@@ -42,8 +44,10 @@ def main() -> None:
         print(f"\n[{i + 1}] {questions[i][0]}  (reference {references[i][0]})")
         for k in range(n):
             print(f"    {scores[i, k].item():+.1f}  {texts[i][k].strip()!r}")
-        print(f"    min {scores[i, :n].min().item():+.1f}, mean {scores[i, :n].mean().item():+.2f}, "
-              f"verifier: {'correct' if verdict[i, n - 1] > 0.5 else 'wrong'}")
+        print(
+            f"    min {scores[i, :n].min().item():+.1f}, mean {scores[i, :n].mean().item():+.2f}, "
+            f"verifier: {'correct' if verdict[i, n - 1] > 0.5 else 'wrong'}"
+        )
 
 
 if __name__ == "__main__":

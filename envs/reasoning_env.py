@@ -287,6 +287,10 @@ class ReasoningStepEnv(EnvBase):
 
     # --- data position (checkpoints) -----------------------------------------------------------------------
 
+    def rewind(self) -> None:
+        """Start the question order again (evaluations see the same held-out problems every time)."""
+        self.stream.position = 0
+
     def state_dict(self, *args, **kwargs) -> dict:
         return {"stream": self.stream.state_dict()}
 

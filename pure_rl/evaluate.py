@@ -29,10 +29,14 @@ def greedy(policy):
 
 
 def evaluate(env, policy, mode: str = "response") -> dict[str, float]:
-    """Greedy accuracy and response statistics on one batch of the (held-out) env: ``eval_*`` metrics."""
+    """Greedy accuracy and response statistics on one batch of the (held-out) env: ``eval_*`` metrics.
+
+    The env is rewound first, so every evaluation of a run scores the same problems.
+    """
     from pure_rl.metrics import rollout_metrics
     from pure_rl.rollout import collect
 
+    env.rewind()
     with greedy(policy), torch.no_grad():
         traj = collect(env, policy, mode)
     m = rollout_metrics(traj)

@@ -90,7 +90,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     from pure_rl.evaluate import evaluate
     from pure_rl.loss import StepTokenPPOLoss
     from pure_rl.metrics import rollout_metrics
-    from pure_rl.plots import plot_run, truncate_metrics
+    from pure_rl.plots import plot_run, read_metrics, truncate_metrics
     from pure_rl.rollout import collect
     from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
 
@@ -308,7 +308,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     signal.signal(signal.SIGINT, previous_handler)
 
     # --- artefacts: plot and summary ----------------------------------------------------------------------
-    summary = summarize(history, cfg, run_dir)
+    # From the logs, not `history`: a resumed run's summary covers the iterations before the resume too.
+    summary = summarize(read_metrics(scalars_dir) if scalars_dir.is_dir() else history, cfg, run_dir)
     if scalars_dir.is_dir():
         plot_run(
             scalars_dir,
@@ -347,7 +348,7 @@ def summarize(history: list[dict], cfg: RunConfig, run_dir: Path) -> dict:
     }
     return {
         "run_dir": str(run_dir),
-        "iterations": len(history) and history[-1]["iteration"],
+        "iterations": int(history[-1]["iteration"]) if history else 0,
         "model": cfg.policy.model,
         "estimator": cfg.algo.estimator,
         "reward_mode": cfg.env.reward_mode,

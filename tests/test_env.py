@@ -266,3 +266,11 @@ def test_make_env_jsonl_preset_and_hf_prm_config_errors():
     assert env.reset()["has_reference"].all()
     with pytest.raises(Exception, match="prm_model"):
         load_config("configs/tiny.yaml", ["env.prm=hf"])
+
+
+def test_rewind_repeats_the_same_questions():
+    env = ReasoningStepEnv(ARITH, ArithmeticRulePRM(), batch_size=3)
+    first = list(env.reset()["question"])
+    env.reset()
+    env.rewind()
+    assert list(env.reset()["question"]) == first

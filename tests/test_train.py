@@ -137,6 +137,12 @@ def _wait_for_checkpoint(run_dir: Path, iteration: int, proc: subprocess.Popen, 
     raise AssertionError("no checkpoint in time")
 
 
+def _rounded(obj):
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    return round(obj, 4) if isinstance(obj, float) else obj
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, warm_tiny_path):
     reference_dir = tmp_path / "uninterrupted"
@@ -168,6 +174,12 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, warm_tin
         for key in exp:
             if key not in timing:
                 assert res[key] == pytest.approx(exp[key], rel=1e-4, abs=1e-6), (res["iteration"], key)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (reference_dir, killed_dir)]
+    for summary in summaries:
+        summary.pop("run_dir")
+        summary.pop("seconds_per_iteration")
+    assert _rounded(summaries[0]) == _rounded(summaries[1])
+    assert summaries[1]["iterations"] == 5
     final_a = torch.load(reference_dir / "checkpoint.pt", weights_only=False)["model"]
     final_b = torch.load(killed_dir / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-6) for k in final_a)
