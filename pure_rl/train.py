@@ -226,7 +226,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             with torch.no_grad():
                 old = torch.cat(
                     [
-                        token_log_probs(model, tokens["input_ids"][mb], tokens["attention_mask"][mb])[0]
+                        token_log_probs(
+                            model, tokens["input_ids"][mb], tokens["attention_mask"][mb], tokenizer=tokenizer
+                        )[0]
                         for mb in micro_batches(n_seq)
                     ]
                 ).cpu()
@@ -236,7 +238,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             with torch.no_grad():
                 ref = torch.cat(
                     [
-                        token_log_probs(reference, tokens["input_ids"][mb], tokens["attention_mask"][mb])[0]
+                        token_log_probs(
+                            reference, tokens["input_ids"][mb], tokens["attention_mask"][mb], tokenizer=tokenizer
+                        )[0]
                         for mb in micro_batches(n_seq)
                     ]
                 ).cpu()

@@ -154,3 +154,24 @@ def test_vllm_backend_missing_is_loud(monkeypatch, warm_tiny_path):
     cfg = greedy_cfg(warm_tiny_path, "policy.backend=vllm")
     with pytest.raises(ImportError, match="pure-rl never falls back silently"):
         make_policy(cfg)
+
+
+def test_log_probs_through_torchrl_wrapper_equal_the_direct_pass(warm_tiny_path):
+    from agents.log_probs import token_log_probs
+
+    model = AutoModelForCausalLM.from_pretrained(warm_tiny_path).eval()
+    tok = AutoTokenizer.from_pretrained(warm_tiny_path)
+    seqs = [tok.encode("Tom has 3 apples.\n\n3 + 4 = 7."), tok.encode("Ann has 5 coins.")]
+    width = max(map(len, seqs))
+    ids = torch.full((2, width), tok.pad_token_id)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    via_torchrl, none = token_log_probs(model, ids, mask, tokenizer=tok)
+    direct, entropy = token_log_probs(model, ids, mask, with_entropy=True)
+    assert none is None and entropy.shape == direct.shape and (entropy[:, 1:][mask[:, 1:].bool()] > 0).all()
+    torch.testing.assert_close(via_torchrl, direct, atol=1e-5, rtol=1e-5)
+    assert (via_torchrl[0, 1 : len(seqs[0])] < 0).all() and (via_torchrl[1, len(seqs[1]) :] == 0).all()
+    manual = torch.log_softmax(model(ids[:1, : len(seqs[0])]).logits[0, :-1], -1)
+    torch.testing.assert_close(direct[0, 1 : len(seqs[0])], manual.gather(-1, ids[0, 1 : len(seqs[0]), None])[:, 0])
