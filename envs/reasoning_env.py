@@ -125,6 +125,7 @@ class ReasoningStepEnv(EnvBase):
         self.step_count = torch.zeros(b, dtype=torch.int64)
         self.num_tokens = torch.zeros(b, dtype=torch.int64)
         self.finished = torch.ones(b, dtype=torch.bool)
+        self.terminated = torch.zeros(b, dtype=torch.bool)  # why each finished episode ended (vs truncated)
         self.reward_seconds = 0.0  # time spent in the PRM and the verifier (a metric, reset by the caller)
         self._make_specs()
 
@@ -210,6 +211,7 @@ class ReasoningStepEnv(EnvBase):
         self.step_count[mask] = 0
         self.num_tokens[mask] = 0
         self.finished[mask] = False
+        self.terminated[mask] = False
         zeros = torch.zeros(b)
         out = self._observation(zeros, zeros)
         out.update(
@@ -271,12 +273,11 @@ class ReasoningStepEnv(EnvBase):
         out = self._observation(prm_reward, verifier_reward)
         done = self.finished.view(b, 1).clone()
         # An episode that ended earlier stays done; terminated/truncated keep the reason it ended with.
-        self._terminated = getattr(self, "_terminated", torch.zeros(b, dtype=torch.bool))
-        self._terminated = torch.where(active, terminated, self._terminated & self.finished)
+        self.terminated = torch.where(active, terminated, self.terminated)
         out.set("reward", reward.view(b, 1))
         out.set("done", done)
-        out.set("terminated", self._terminated.view(b, 1).clone())
-        out.set("truncated", (done.view(b) & ~self._terminated).view(b, 1))
+        out.set("terminated", self.terminated.view(b, 1).clone())
+        out.set("truncated", (done.view(b) & ~self.terminated).view(b, 1))
         return out
 
     def _set_seed(self, seed: int | None) -> None:

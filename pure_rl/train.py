@@ -188,6 +188,18 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         size = cfg.train.micro_batch_size
         return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
+    @torch.no_grad()
+    def batch_log_probs(net: torch.nn.Module, tokens) -> torch.Tensor:
+        """Per-token log-probs of the whole token batch under ``net``, micro-batch by micro-batch."""
+        return torch.cat(
+            [
+                token_log_probs(net, tokens["input_ids"][mb], tokens["attention_mask"][mb], tokenizer=tokenizer)[
+                    0
+                ].cpu()
+                for mb in micro_batches(tokens.shape[0])
+            ]
+        )
+
     def separator_ended(ids: list[int]) -> bool:
         return completes_step(tokenizer.decode(ids[-4:], skip_special_tokens=False), cfg.env.step_separator)
 
@@ -223,27 +235,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         n_seq = tokens.shape[0]
         need_old = cfg.train.ppo_epochs > 1 or reference is not None
         if need_old:
-            with torch.no_grad():
-                old = torch.cat(
-                    [
-                        token_log_probs(
-                            model, tokens["input_ids"][mb], tokens["attention_mask"][mb], tokenizer=tokenizer
-                        )[0]
-                        for mb in micro_batches(n_seq)
-                    ]
-                ).cpu()
+            old = batch_log_probs(model, tokens)
             if cfg.train.ppo_epochs > 1:
                 tokens["old_log_prob"] = old
         if reference is not None:
-            with torch.no_grad():
-                ref = torch.cat(
-                    [
-                        token_log_probs(
-                            reference, tokens["input_ids"][mb], tokens["attention_mask"][mb], tokenizer=tokenizer
-                        )[0]
-                        for mb in micro_batches(n_seq)
-                    ]
-                ).cpu()
+            ref = batch_log_probs(reference, tokens)
             tokens["ref_log_prob"] = ref
             if cfg.algo.kl_estimator == "k1":
                 kl_steps = step_sums((old - ref) * tokens["response_mask"], tokens, traj.shape[1])
