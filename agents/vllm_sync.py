@@ -42,7 +42,3 @@ class WeightSyncExtension:
             weight = getattr(module, "weight", None)
             if hasattr(module, "cpu_linear") and weight is not None and weight.ndim == 2 and weight.numel() > 0:
                 dispatch_cpu_unquantized_gemm(module, remove_weight=False)
-
-    def pure_rl_weight_checksum(self) -> float:
-        """Sum of every parameter: lets tests see that an update reached the engine."""
-        return float(sum(p.detach().double().sum().item() for p in self.model_runner.model.parameters()))

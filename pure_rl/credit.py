@@ -29,6 +29,7 @@ __all__ = [
     "step_advantages",
     "step_rewards_from_returns",
     "sum_form_returns",
+    "valid_steps_from_done",
     "verifier_term",
     "whiten",
 ]
@@ -137,6 +138,12 @@ def step_rewards_from_returns(returns: Tensor, mask: Tensor, gamma: float = 1.0)
     g = returns * mask
     next_g = torch.nn.functional.pad(g[..., 1:], (0, 1))
     return (g - gamma * next_g) * mask
+
+
+def valid_steps_from_done(done: Tensor) -> Tensor:
+    """``[..., K]`` bool: a step is valid if no earlier step ended the trajectory (padding follows ``done``)."""
+    done = done.to(torch.long)
+    return (done.cumsum(-1) - done) == 0
 
 
 def last_step_index(mask: Tensor) -> Tensor:

@@ -159,10 +159,7 @@ class StepCreditEstimator(ValueEstimatorBase):
     def _valid_steps(self, tensordict: TensorDictBase) -> Tensor:
         if tensordict.get(self.tensor_keys.mask, None) is not None:
             return self._step_tensor(tensordict, self.tensor_keys.mask).to(torch.bool)
-        done = self._step_tensor(tensordict, ("next", self.tensor_keys.done)).to(torch.long)
-        # A step is valid if no earlier step ended the trajectory.
-        done_before = done.cumsum(-1) - done
-        return done_before == 0
+        return credit.valid_steps_from_done(self._step_tensor(tensordict, ("next", self.tensor_keys.done)))
 
     def value_estimate(self, tensordict: TensorDictBase, **kwargs) -> Tensor:
         """The value target (return with the raw VR term), ``[..., K, 1]``."""

@@ -60,7 +60,6 @@ class StepTokenPPOLoss(PUREPPOLoss):
         actor = TensorDictModule(model, in_keys=["input_ids", "attention_mask"], out_keys=["logits"])
         super().__init__(actor, critic_network=None, clip_epsilon=clip_epsilon, functional=False)
         self.model = model
-        self.token_clip_epsilon = clip_epsilon
         self.entropy_coef = entropy_coef
         self.kl_coef = kl_coef
         self.kl_estimator = kl_estimator
@@ -80,7 +79,7 @@ class StepTokenPPOLoss(PUREPPOLoss):
         old = log_probs.detach() if old is None else old.to(device)
         advantage = tokens["advantage"].to(device).to(log_probs.dtype)
         ratio = torch.exp((log_probs - old) * mask)
-        eps = self.token_clip_epsilon
+        eps = self.clip_epsilon  # ClipPPOLoss's buffer
         surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - eps, 1 + eps) * advantage)
         out = {
             "loss_objective": -sequence_mean(surrogate),

@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDictBase
 
 from envs.verifier import last_boxed
-from pure_rl.credit import min_form_returns
+from pure_rl.credit import last_step_index, min_form_returns
 from pure_rl.token_batch import valid_step_mask
 
 __all__ = ["METRIC_NAMES", "rollout_metrics"]
@@ -31,8 +31,8 @@ METRIC_NAMES = (
 
 
 def _last(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    idx = (mask.sum(-1) - 1).clamp(min=0)
-    return x.gather(-1, idx[:, None]).squeeze(-1)
+    """Each row's value at its last valid step."""
+    return x.gather(-1, last_step_index(mask)[:, None]).squeeze(-1)
 
 
 def rollout_metrics(traj: TensorDictBase) -> dict[str, float]:

@@ -11,13 +11,14 @@ from collections.abc import Callable, Sequence
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from pure_rl.credit import valid_steps_from_done
+
 __all__ = ["build_token_batch", "step_sums", "token_advantages", "valid_step_mask"]
 
 
 def valid_step_mask(traj: TensorDictBase) -> torch.Tensor:
     """``[B, K]`` True on real steps: those before or at each episode's first ``done``."""
-    done = traj.get(("next", "done")).reshape(traj.shape).to(torch.long)
-    return (done.cumsum(-1) - done) == 0
+    return valid_steps_from_done(traj.get(("next", "done")).reshape(traj.shape))
 
 
 def build_token_batch(
