@@ -339,7 +339,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     """Load a run config from YAML (or the defaults when ``path`` is None), apply dotted overrides, validate.
 
     Args:
-        path: YAML file with any of the sections ``env``, ``policy``, ``algo``, ``train``, ``log``.
+        path: YAML file with any of the sections ``env``, ``policy``, ``algo``, ``train``, ``log``, and
+            optionally ``base: other.yaml`` (relative to this file): that config first, this file's keys over it.
         overrides: strings ``section.key=value``; values are parsed as YAML.
 
     Returns:
@@ -348,23 +349,39 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     Raises:
         ConfigError: a missing file, malformed YAML, unknown key, wrong type or impossible value.
     """
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (shipped configs are in configs/)")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
-        data = loaded or {}
+    data = _read_yaml(Path(path)) if path is not None else {}
     for override in overrides:
         _apply_override(data, override)
     cfg = _build(RunConfig, data, "")
     _cross_checks(cfg)
     return cfg
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's sections, merged over its ``base`` file's (recursively)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (shipped configs are in configs/)")
+    if path.resolve() in chain:
+        raise ConfigError(f"config file {path}: 'base' files form a cycle ({' -> '.join(map(str, chain))})")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    data = loaded or {}
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: 'base' must be a path to another config file, got {base!r}")
+    merged = _read_yaml(path.parent / base, (*chain, path.resolve()))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -98,3 +98,43 @@ def test_describe_lists_every_key_with_help():
     lines = describe()
     assert any(line.startswith("algo.temperature = 0.1  # ") for line in lines)
     assert all("#" in line for line in lines)
+
+
+def test_base_file_is_merged_under_this_files_keys(tmp_path):
+    (tmp_path / "parent.yaml").write_text("env:\n  max_steps: 5\n  max_tokens: 64\ntrain:\n  lr: 1.0e-5\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nenv:\n  max_tokens: 32\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.env.max_steps, cfg.env.max_tokens, cfg.train.lr) == (5, 32, 1e-5)
+
+
+def test_base_cycle_and_missing_base_are_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml does not exist"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    "name, difference",
+    [
+        ("sum_form", {"algo.estimator": "sum_form"}),
+        ("min_exact", {"algo.temperature": 0.0}),
+        ("prm_only", {"env.reward_mode": "prm"}),
+        ("vr_only", {"env.reward_mode": "vr"}),
+    ],
+)
+def test_ablation_configs_differ_from_the_default_in_one_key(name, difference):
+    from pure_rl.config import config_to_dict
+
+    default = config_to_dict(load_config(CONFIGS / "default.yaml"))
+    ablation = config_to_dict(load_config(CONFIGS / f"{name}.yaml"))
+    changed = {
+        f"{section}.{key}": value
+        for section in ablation
+        for key, value in ablation[section].items()
+        if default[section][key] != value and key != "name"
+    }
+    assert changed == difference

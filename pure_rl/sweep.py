@@ -1,0 +1,457 @@
+"""Method x seed sweeps: ``python -m pure_rl.sweep configs/sweeps/NAME.yaml [--out DIR] [--jobs N]``.
+
+A sweep spec (YAML) names a base run config, overrides shared by every run, optional supervised warm-up of a
+tiny model (its folder becomes ``policy.model``), the seeds and the methods (each a set of overrides). Every
+(method, seed) is an ordinary ``python -m pure_rl.train`` run under ``OUT/METHOD/seedK``, so each has its own
+config, CSV metrics, checkpoints, plot and summary; ``--jobs`` runs several at once, each with
+``cores / jobs`` threads. Running the command again skips finished runs and resumes interrupted ones from
+their last checkpoint; a run directory holding a different config is an error, never overwritten.
+
+At the end it writes, from the runs' own metrics:
+    OUT/results/METHOD_seedK.json   every logged metric per iteration, plus the run's summary
+    OUT/sweep.json                  the spec, per-run wall times, the comparison table as data
+    OUT/sweep.png                   accuracy, steps per response, response length, PRM reward vs iteration:
+                                    one line per method (mean over seeds), seeds as a band (min-max)
+    OUT/table.md                    the comparison table (see :func:`comparison_table`)
+``--report`` only rebuilds those from finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pure_rl.config import ConfigError, config_to_dict, load_config
+
+__all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_sweep", "smooth"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIGURE_PANELS = [
+    ("accuracy", "verifier accuracy (sampled)"),
+    ("steps_per_response", "steps per response"),
+    ("response_tokens", "response tokens"),
+    ("prm_reward_mean", "PRM reward (mean step)"),
+]
+SERIES = [
+    "accuracy",
+    "eval_accuracy",
+    "steps_per_response",
+    "response_tokens",
+    "prm_reward_mean",
+    "prm_reward_min",
+    "no_boxed_share",
+    "reward_return",
+    "kl",
+    "rollout_s",
+    "update_s",
+    "sync_s",
+]
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep file holds (keys of the YAML file, with their meaning)."""
+
+    name: str  # sweep name; runs are logged as NAME_METHOD
+    config: str  # base run config, relative to the repository root
+    methods: dict[str, dict]  # method name -> dotted overrides ({} = the base config as is)
+    seeds: list[int] = field(default_factory=lambda: [0])  # train.seed of each run
+    overrides: dict = field(default_factory=dict)  # dotted overrides applied to every run
+    warmup: dict | None = None  # tiny-model warm-up: hidden_size, layers, steps, batch_size, lr, seed
+    reference: str | None = None  # the method whose final accuracy the table's "reaches" column uses
+    smooth: int = 10  # moving-average window (iterations) for the figure and the table
+    jobs: int = 1  # runs at once
+    description: str = ""
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a sweep file; errors name the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist (shipped sweeps are in configs/sweeps/)")
+    data = yaml.safe_load(path.read_text()) or {}
+    known = set(SweepSpec.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"sweep file {path}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    for key in ("name", "config", "methods"):
+        if key not in data:
+            raise ConfigError(f"sweep file {path}: '{key}' is required")
+    spec = SweepSpec(**data)
+    if not spec.methods:
+        raise ConfigError(f"sweep file {path}: 'methods' must name at least one method")
+    if spec.reference is not None and spec.reference not in spec.methods:
+        raise ConfigError(f"sweep file {path}: reference '{spec.reference}' is not one of {list(spec.methods)}")
+    return spec
+
+
+def run_overrides(spec: SweepSpec, method: str, seed: int, model_dir: Path | None) -> list[str]:
+    """The dotted overrides of one run: shared, then the method's, then seed, name and the warmed-up model."""
+    values = {**spec.overrides, **(spec.methods[method] or {})}
+    values["train.seed"] = seed
+    values["log.name"] = f"{spec.name}_{method}"
+    if model_dir is not None:
+        values["policy.model"] = str(model_dir)
+    return [f"{k}={_yaml_scalar(v)}" for k, v in values.items()]
+
+
+def _yaml_scalar(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+# --- warm-up ---------------------------------------------------------------------------------------------
+
+
+def build_warm_model(spec: SweepSpec, out: Path, threads: int) -> Path:
+    """The sweep's starting policy: a tiny model taught the task by supervised warm-up (built once, then reused)."""
+    w = dict(spec.warmup or {})
+    target = out / "warmup" / "model"
+    stamp = out / "warmup" / "warmup.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("spec") == w:
+        return target.resolve()
+    import torch
+
+    from agents.policy import make_policy
+    from agents.tiny import build_tiny_causal_lm, build_tiny_tokenizer
+    from envs import make_source
+    from pure_rl.warmup import warmup
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    base = load_config(REPO_ROOT / spec.config, run_overrides(spec, next(iter(spec.methods)), 0, None))
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_causal_lm(
+        tokenizer, hidden_size=int(w.get("hidden_size", 64)), layers=int(w.get("layers", 2)), seed=w.get("seed", 0)
+    )
+    init = out / "warmup" / "init"
+    model.save_pretrained(init)
+    tokenizer.save_pretrained(init)
+    base.policy.model = str(init)
+    policy = make_policy(base)  # the policy's own prompt encoding, so warm-up and RL see the same prompts
+    print(f"warm-up: {sum(p.numel() for p in policy.model.parameters()) / 1e6:.2f}M-parameter tiny model")
+    losses = warmup(
+        policy.model,
+        policy.tokenizer,
+        make_source(base),
+        steps=int(w.get("steps", 300)),
+        batch_size=int(w.get("batch_size", 16)),
+        lr=float(w.get("lr", 3e-3)),
+        prompt_ids=lambda q: policy.prompt_ids(base.env.prompt_template.format(question=q)),
+        seed=int(w.get("seed", 0)),
+        log_every=max(1, int(w.get("steps", 300)) // 5),
+    )
+    policy.model.save_pretrained(target)
+    policy.tokenizer.save_pretrained(target)
+    seconds = time.perf_counter() - t0
+    stamp.write_text(json.dumps({"spec": w, "loss_first": losses[0], "loss_last": losses[-1], "seconds": seconds}))
+    print(f"warm-up done in {seconds:.0f}s (loss {losses[0]:.3f} -> {losses[-1]:.3f}): {target}")
+    return target.resolve()
+
+
+# --- runs ------------------------------------------------------------------------------------------------
+
+
+def run_state(run_dir: Path, expected: dict, iterations: int) -> str:
+    """'new', 'done' or 'resume'; raises if the folder holds a run of a different config."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return "new"
+    have = config_to_dict(load_config(saved))
+    if have != expected:
+        diff = sorted(
+            f"{s}.{k}: {have[s].get(k)!r} (there) vs {v!r} (sweep)"
+            for s in expected
+            for k, v in expected[s].items()
+            if have.get(s, {}).get(k) != v
+        )
+        raise ConfigError(f"{run_dir} holds a different run ({'; '.join(diff)}): delete it or use another --out")
+    summary = run_dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("iterations") == iterations:
+        return "done"
+    return "resume" if (run_dir / "checkpoint.pt").is_file() else "new"
+
+
+def launch(run_dir: Path, config: Path, overrides: list[str], state: str, threads: int) -> float:
+    """One training run in a subprocess (its output to RUN_DIR/train.log); returns its wall seconds."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if state == "new" and (run_dir / "logs").is_dir():
+        shutil.rmtree(run_dir / "logs")  # a run that died before its first checkpoint starts over
+    cmd = [sys.executable, "-m", "pure_rl.train"]
+    cmd += ["--resume", str(run_dir)] if state == "resume" else ["--config", str(config), "--run-dir", str(run_dir)]
+    cmd += overrides if state == "new" else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    with (run_dir / "train.log").open("a") as log:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"run {run_dir} failed (exit {proc.returncode}); see {run_dir / 'train.log'}")
+    return time.perf_counter() - t0
+
+
+def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: bool = False) -> dict:
+    """Warm up (if asked), run every (method, seed) not finished yet, then write results, figure and table."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = max(1, jobs or spec.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    t_start = time.perf_counter()
+    model_dir = None
+    if spec.warmup is not None:
+        if report_only and not (out / "warmup" / "model").is_dir():
+            raise ConfigError(f"--report: {out} has no warmed-up model; run the sweep first")
+        model_dir = build_warm_model(spec, out, threads=os.cpu_count() or 1)
+    runs = []
+    for method in spec.methods:
+        for seed in spec.seeds:
+            overrides = run_overrides(spec, method, seed, model_dir)
+            cfg = load_config(REPO_ROOT / spec.config, overrides)
+            run_dir = out / method / f"seed{seed}"
+            state = run_state(run_dir, config_to_dict(cfg), cfg.train.iterations)
+            runs.append((method, seed, run_dir, overrides, state, cfg.train.iterations))
+    todo = [r for r in runs if r[4] != "done"]
+    if report_only and todo:
+        raise ConfigError(f"--report: {len(todo)} runs are not finished, e.g. {todo[0][2]}; run the sweep first")
+    print(
+        f"sweep {spec.name}: {len(runs)} runs ({len(spec.methods)} methods x {len(spec.seeds)} seeds), "
+        f"{len(todo)} to run, {jobs} at a time with {threads} threads each -> {out}"
+    )
+    wall = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(todo), desc="runs", unit="run") as bar:
+        futures = {
+            pool.submit(launch, run_dir, REPO_ROOT / spec.config, overrides, state, threads): (method, seed)
+            for method, seed, run_dir, overrides, state, _ in todo
+        }
+        for future, (method, seed) in futures.items():
+            wall[f"{method}/seed{seed}"] = future.result()
+            bar.update(1)
+            bar.set_postfix_str(f"{method} seed {seed}: {wall[f'{method}/seed{seed}']:.0f}s")
+    results = write_results(spec, out, [(m, s, d) for m, s, d, *_ in runs])
+    sweep_seconds = time.perf_counter() - t_start
+    previous = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
+    record = {
+        "spec": spec.__dict__,
+        "command": " ".join(["python -m pure_rl.sweep", *sys.argv[1:]]) if not report_only else previous.get("command"),
+        "machine": previous.get("machine") or machine_description(),
+        "wall_seconds": {**previous.get("wall_seconds", {}), **wall},
+        "this_invocation_seconds": sweep_seconds,
+        "table": results["table"],
+    }
+    (out / "sweep.json").write_text(json.dumps(record, indent=2))
+    print(results["markdown"])
+    print(f"\nwrote {out / 'sweep.png'}, {out / 'table.md'}, {out / 'sweep.json'}, {out / 'results'}/*.json")
+    return record
+
+
+def machine_description() -> str:
+    import platform
+
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
+
+
+# --- results ---------------------------------------------------------------------------------------------
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average (NaN-aware): point i averages iterations max(0, i - window + 1) .. i."""
+    out = np.full(len(values), np.nan)
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        chunk = chunk[np.isfinite(chunk)]
+        if len(chunk):
+            out[i] = chunk.mean()
+    return out
+
+
+def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]]) -> dict:
+    from pure_rl.plots import read_metrics
+
+    (out / "results").mkdir(exist_ok=True)
+    series: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for method, seed, run_dir in runs:
+        rows = read_metrics(run_dir / "logs" / "scalars")
+        per_key = {k: [r.get(k, float("nan")) for r in rows] for k in ["iteration", *SERIES]}
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (out / "results" / f"{method}_seed{seed}.json").write_text(
+            json.dumps({"method": method, "seed": seed, "run_dir": str(run_dir), "summary": summary, **per_key})
+        )
+        series.setdefault(method, {})[seed] = {k: np.asarray(v, dtype=float) for k, v in per_key.items()}
+    table = comparison_table(series, spec.reference, spec.smooth)
+    markdown = format_table(table, spec.smooth, spec.reference)
+    (out / "table.md").write_text(markdown + "\n")
+    plot_sweep(series, out / "sweep.png", spec.smooth, title=f"sweep {spec.name}: mean over seeds, band = min-max")
+    return {"table": table, "markdown": markdown}
+
+
+def comparison_table(series: dict, reference: str | None, window: int) -> dict[str, dict]:
+    """Per method, over seeds (mean and std), on ``window``-iteration moving averages of each run's curves:
+
+    - final / best accuracy: the last point, and the maximum, of the smoothed sampled accuracy;
+    - final greedy accuracy on held-out problems (the last evaluation);
+    - reaches reference: the first iteration at which the method's seed-mean smoothed accuracy reaches the
+      reference method's final (seed-mean) smoothed accuracy (None if never);
+    - steps per response at the start (first ``window`` iterations) and end (last ``window``);
+    - hack onset: the first iteration at which the seed-mean smoothed steps per response exceeds its start
+      value by more than one step and stays above it to the end (None if never).
+    """
+    table: dict[str, dict] = {}
+    target = None
+    if reference in series:
+        target = float(np.mean([smooth(r["accuracy"], window)[-1] for r in series[reference].values()]))
+    for method, seeds in series.items():
+        runs = list(seeds.values())
+        acc = np.stack([smooth(r["accuracy"], window) for r in runs])
+        steps = np.stack([smooth(r["steps_per_response"], window) for r in runs])
+        raw_steps = np.stack([r["steps_per_response"] for r in runs])
+        iters = runs[0]["iteration"]
+        eval_final = [r["eval_accuracy"][np.isfinite(r["eval_accuracy"])] for r in runs]
+        start_steps = np.nanmean(raw_steps[:, :window], axis=1)
+        end_steps = np.nanmean(raw_steps[:, -window:], axis=1)
+        mean_acc = acc.mean(axis=0)
+        mean_steps = steps.mean(axis=0)
+        reaches = None
+        if target is not None:
+            hit = np.nonzero(mean_acc >= target - 1e-9)[0]
+            reaches = int(iters[hit[0]]) if len(hit) else None
+        above = mean_steps > float(start_steps.mean()) + 1.0
+        onset = None
+        if above.any() and above[-1]:
+            first_of_last_run = len(above) - int(np.argmin(above[::-1])) if not above.all() else 0
+            onset = int(iters[first_of_last_run])
+        table[method] = {
+            "seeds": len(runs),
+            "iterations": int(iters[-1]),
+            "final_accuracy": _mean_std(acc[:, -1]),
+            "best_accuracy": _mean_std(np.nanmax(acc, axis=1)),
+            "final_eval_accuracy": _mean_std(np.array([e[-1] if len(e) else np.nan for e in eval_final])),
+            "reaches_reference_at": reaches,
+            "reference_final_accuracy": target,
+            "steps_start": _mean_std(start_steps),
+            "steps_end": _mean_std(end_steps),
+            "response_tokens_start": _mean_std(np.stack([r["response_tokens"][:window] for r in runs]).mean(axis=1)),
+            "response_tokens_end": _mean_std(np.stack([r["response_tokens"][-window:] for r in runs]).mean(axis=1)),
+            "hack_onset": onset,
+            # Rollout + update + sync seconds summed over iterations (evaluation and start-up not included).
+            "train_minutes": _mean_std(
+                np.array([np.nansum(r["rollout_s"] + r["update_s"] + r["sync_s"]) / 60 for r in runs])
+            ),
+        }
+    return table
+
+
+def _mean_std(x: np.ndarray) -> dict[str, float]:
+    x = np.asarray(x, dtype=float)
+    if not np.isfinite(x).any():  # e.g. no evaluation in these runs
+        return {"mean": float("nan"), "std": float("nan"), "per_seed": [float(v) for v in x]}
+    return {"mean": float(np.nanmean(x)), "std": float(np.nanstd(x)), "per_seed": [float(v) for v in x]}
+
+
+def format_table(table: dict, window: int, reference: str | None) -> str:
+    def ms(v: dict, digits: int = 3) -> str:
+        return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+
+    ref = f"reaches {reference}'s final acc. at iter." if reference else "reaches reference"
+    lines = [
+        f"| method | seeds | final acc. | best acc. | final greedy held-out acc. | {ref} | steps start → end "
+        f"| tokens start → end | hack onset (iter.) | train min. per run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, row in table.items():
+        reaches = row["reaches_reference_at"] or "—"
+        lines.append(
+            f"| {method} | {row['seeds']} | {ms(row['final_accuracy'])} | {ms(row['best_accuracy'])} "
+            f"| {ms(row['final_eval_accuracy'])} | {reaches} "
+            f"| {ms(row['steps_start'], 2)} → {ms(row['steps_end'], 2)} "
+            f"| {row['response_tokens_start']['mean']:.1f} → {row['response_tokens_end']['mean']:.1f} "
+            f"| {row['hack_onset'] if row['hack_onset'] else '—'} | {row['train_minutes']['mean']:.1f} |"
+        )
+    lines.append(
+        f"\nAccuracies are {window}-iteration moving averages of the sampled training accuracy, mean ± std over "
+        "seeds; steps and tokens are means of the first and last "
+        f"{window} iterations. Hack onset: first iteration after which the smoothed steps per response stay more "
+        "than one step above their start."
+    )
+    return "\n".join(lines)
+
+
+def plot_sweep(series: dict, out_png: Path, window: int, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(FIGURE_PANELS), figsize=(4.5 * len(FIGURE_PANELS), 3.6))
+    for ax, (key, label) in zip(axes, FIGURE_PANELS):
+        for i, (method, seeds) in enumerate(series.items()):
+            curves = np.stack([smooth(r[key], window) for r in seeds.values()])
+            x = next(iter(seeds.values()))["iteration"]
+            color = f"C{i}"
+            ax.plot(x, np.nanmean(curves, axis=0), color=color, label=method)
+            if len(curves) > 1:
+                ax.fill_between(x, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color, alpha=0.2)
+        ax.set_title(f"{label} ({window}-iter. avg)")
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m pure_rl.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("spec", help="sweep file, e.g. configs/sweeps/small.yaml")
+    p.add_argument("--out", default=None, help="output folder (default: runs/sweeps/NAME)")
+    p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the sweep file's jobs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds")
+    p.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    p.add_argument("--iterations", type=int, default=None, help="override train.iterations (smaller runs)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="override the warm-up's steps")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more dotted overrides for every run")
+    p.add_argument("--report", action="store_true", help="only rebuild results, figure and table")
+    args = p.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        if args.methods:
+            missing = [m for m in args.methods if m not in spec.methods]
+            if missing:
+                raise ConfigError(f"--methods: {missing} not in the sweep's methods {list(spec.methods)}")
+            spec.methods = {m: spec.methods[m] for m in args.methods}
+            if spec.reference not in spec.methods:
+                spec.reference = None
+        if args.seeds:
+            spec.seeds = args.seeds
+        if args.iterations:
+            spec.overrides = {**spec.overrides, "train.iterations": args.iterations}
+            spec.smooth = max(1, min(spec.smooth, args.iterations // 3))
+        if args.warmup_steps is not None and spec.warmup is not None:
+            spec.warmup = {**spec.warmup, "steps": args.warmup_steps}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+            spec.overrides = {**spec.overrides, key: yaml.safe_load(value)}
+        out = Path(args.out or f"runs/sweeps/{spec.name}")
+        return run_sweep(spec, out, jobs=args.jobs, report_only=args.report)
+    except ConfigError as e:
+        sys.exit(f"sweep error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Sweeps (issue 6): spec checks, the comparison table's definitions, and a reduced end-to-end sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pure_rl.config import ConfigError, config_to_dict, load_config
+from pure_rl.sweep import comparison_table, load_spec, run_overrides, run_state, smooth
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = ROOT / "configs" / "sweeps"
+
+
+def run_series(acc, steps, tokens=None):
+    n = len(acc)
+    return {
+        "iteration": np.arange(1, n + 1, dtype=float),
+        "accuracy": np.asarray(acc, dtype=float),
+        "steps_per_response": np.asarray(steps, dtype=float),
+        "response_tokens": np.asarray(tokens if tokens is not None else [50.0] * n),
+        "eval_accuracy": np.full(n, np.nan),
+        **{k: np.ones(n) for k in ("rollout_s", "update_s", "sync_s")},
+    }
+
+
+def test_smooth_is_a_trailing_mean_that_skips_nan():
+    x = np.array([1.0, 3.0, np.nan, 5.0])
+    np.testing.assert_allclose(smooth(x, 2), [1.0, 2.0, 3.0, 5.0])
+
+
+def test_table_finds_the_hack_onset_and_the_iteration_reaching_the_reference():
+    n = 40
+    hacked_steps = [3.0] * 20 + [6.0] * 20  # jumps by 3 steps at iteration 21 and stays
+    stable_steps = [3.0] * 20 + [3.5] * 20
+    series = {
+        "sum": {0: run_series(np.linspace(0.5, 0.1, n), hacked_steps)},
+        "min": {0: run_series(np.linspace(0.2, 0.6, n), stable_steps)},
+        "ref": {0: run_series([0.4] * n, stable_steps)},
+    }
+    table = comparison_table(series, reference="ref", window=1)
+    assert table["sum"]["hack_onset"] == 21
+    assert table["min"]["hack_onset"] is None
+    # min's accuracy (window 1) first reaches 0.4 at 0.2 + 0.4 * (i - 1) / 39 >= 0.4 -> i = 20.5 -> 21
+    assert table["min"]["reaches_reference_at"] == 21
+    assert table["sum"]["reaches_reference_at"] == 1  # starts above the reference's final accuracy
+    assert table["sum"]["steps_start"]["mean"] == 3.0 and table["sum"]["steps_end"]["mean"] == 6.0
+    assert abs(table["sum"]["final_accuracy"]["mean"] - 0.1) < 1e-9
+    assert table["sum"]["train_minutes"]["mean"] == pytest.approx(3 * n / 60)
+
+
+def test_a_temporary_rise_in_steps_is_not_a_hack():
+    steps = [3.0] * 10 + [6.0] * 10 + [3.0] * 10
+    table = comparison_table({"m": {0: run_series([0.3] * 30, steps)}}, reference=None, window=1)
+    assert table["m"]["hack_onset"] is None
+
+
+def test_spec_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nconfig: configs/tiny.yaml\nmethods: {a: {}}\nseed: [0]\n")
+    with pytest.raises(ConfigError, match="unknown keys \\['seed'\\]"):
+        load_spec(bad)
+    bad.write_text("name: x\nconfig: configs/tiny.yaml\nmethods: {a: {}}\nreference: b\n")
+    with pytest.raises(ConfigError, match="reference 'b'"):
+        load_spec(bad)
+
+
+@pytest.mark.parametrize("name", ["small", "real"])
+def test_shipped_sweeps_resolve_to_valid_run_configs(name):
+    spec = load_spec(SWEEPS / f"{name}.yaml")
+    for method in spec.methods:
+        cfg = load_config(ROOT / spec.config, run_overrides(spec, method, spec.seeds[0], None))
+        assert cfg.log.name == f"{spec.name}_{method}"
+
+
+def test_a_run_folder_of_another_config_is_refused(tmp_path):
+    from pure_rl.config import save_config
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    save_config(cfg, tmp_path / "config.yaml")
+    assert run_state(tmp_path, config_to_dict(cfg), cfg.train.iterations) == "new"
+    other = load_config(ROOT / "configs" / "tiny.yaml", ["train.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        run_state(tmp_path, config_to_dict(other), other.train.iterations)
+
+
+@pytest.mark.slow
+def test_small_sweep_runs_end_to_end_at_reduced_size(tmp_path):
+    """The machinery only: warm-up, every method x 2 seeds, results, figure, table; no claim on who wins."""
+    out = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "-m", "pure_rl.sweep", str(SWEEPS / "small.yaml"), "--out", str(out),
+        "--iterations", "3", "--seeds", "0", "1", "--warmup-steps", "3", "--jobs", "2",
+        "--set", "train.prompts_per_iter=2", "train.eval_every=3", "train.eval_prompts=4", "env.max_tokens=32",
+    ]  # fmt: skip
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=900)
+    spec = load_spec(SWEEPS / "small.yaml")
+    assert (out / "warmup" / "model" / "config.json").is_file()
+    assert (out / "sweep.png").stat().st_size > 10_000
+    record = json.loads((out / "sweep.json").read_text())
+    assert set(record["table"]) == set(spec.methods)
+    assert len(record["wall_seconds"]) == len(spec.methods) * 2
+    for method in spec.methods:
+        for seed in (0, 1):
+            result = json.loads((out / "results" / f"{method}_seed{seed}.json").read_text())
+            assert result["iteration"] == [1.0, 2.0, 3.0]
+            assert all(np.isfinite(result["steps_per_response"]))
+            assert result["summary"]["iterations"] == 3
+    table = (out / "table.md").read_text()
+    assert all(f"| {m} |" in table for m in spec.methods)
+    # Running it again finds every run finished: nothing is re-run, the report is rebuilt.
+    again = subprocess.run(cmd, cwd=ROOT, check=True, timeout=300, capture_output=True, text=True)
+    assert "0 to run" in again.stdout
