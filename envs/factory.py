@@ -36,7 +36,7 @@ def make_prm(cfg) -> ProcessRewardModel | None:
     if env.reward_mode == "vr":
         return None
     if env.prm == "arithmetic_rule":
-        return ArithmeticRulePRM(neutral_score=env.neutral_score)
+        return ArithmeticRulePRM(neutral_score=env.neutral_score, answer_check=env.answer_check)
     return HFTokenClassificationPRM(
         env.prm_model,
         layout=env.prm_layout,

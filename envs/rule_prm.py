@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from envs.prm import ProcessRewardModel
+from envs.verifier import last_boxed
 
-__all__ = ["ArithmeticRulePRM", "check_equations"]
+__all__ = ["ArithmeticRulePRM", "check_equations", "derived_values"]
 
 _MAX_EXPR_CHARS = 200
 _LATEX = [
@@ -99,10 +100,20 @@ def check_equations(text: str) -> list[bool]:
     A side that is not a plain arithmetic expression (``x = 5``, ``12 apples = 12``) is not checkable and is
     skipped; division by zero makes an equation false.
     """
+    return [holds for holds, _ in _equations(text)]
+
+
+def derived_values(text: str) -> set[Fraction]:
+    """Values that ``text`` derives by a true equation: the right side of each ``a = b`` that holds."""
+    return {value for holds, value in _equations(text) if holds and value is not None}
+
+
+def _equations(text: str) -> list[tuple[bool, Fraction | None]]:
+    """``(holds, value of the right side)`` for every checkable equation in ``text``."""
     for src, dst in _LATEX:
         text = text.replace(src, dst)
     text = _THOUSANDS.sub("", _TIMES_X.sub("*", text)).replace("^", "**")
-    results = []
+    results: list[tuple[bool, Fraction | None]] = []
     for run in _RUN.finditer(text):
         segment = run.group()
         if "=" not in segment:
@@ -117,19 +128,19 @@ def check_equations(text: str) -> list[bool]:
     return results
 
 
-def _check_pair(left: str, right: str) -> list[bool]:
-    """``[holds]`` for one ``left = right``, or ``[]`` when a side is not checkable."""
+def _check_pair(left: str, right: str) -> list[tuple[bool, Fraction | None]]:
+    """``[(holds, right value)]`` for one ``left = right``, or ``[]`` when a side is not checkable."""
     try:
         a, b = _evaluate(left), _evaluate(right)
     except ZeroDivisionError:
-        return [False]
+        return [(False, None)]
     if a is None or b is None:
         return []
     if a == b:
-        return [True]
+        return [(True, b)]
     # Running calculation: "3 * 4 = 12 + 1 = 13" continues from 12.
     lead = _LEADING_NUMBER.match(right)
-    return [lead is not None and Fraction(lead.group(1)) == a]
+    return [(lead is not None and Fraction(lead.group(1)) == a, b)]
 
 
 class ArithmeticRulePRM(ProcessRewardModel):
@@ -139,9 +150,18 @@ class ArithmeticRulePRM(ProcessRewardModel):
         correct_score: score of a step whose equations all hold.
         wrong_score: score of a step with a false equation.
         neutral_score: score of a step with no checkable equation (filler, restating, the final answer line).
+        answer_check: also judge the final answer line: a step with ``\\boxed{X}`` and no equation scores
+            ``correct_score`` if a true equation in the solution so far derives X, else ``wrong_score`` (an
+            unsupported guess). Off by default: the answer line is then neutral like any step without equations.
     """
 
-    def __init__(self, correct_score: float = 1.0, wrong_score: float = -1.0, neutral_score: float = 0.5):
+    def __init__(
+        self,
+        correct_score: float = 1.0,
+        wrong_score: float = -1.0,
+        neutral_score: float = 0.5,
+        answer_check: bool = False,
+    ):
         for name, v in (
             ("correct_score", correct_score),
             ("wrong_score", wrong_score),
@@ -152,13 +172,26 @@ class ArithmeticRulePRM(ProcessRewardModel):
         self.correct_score = correct_score
         self.wrong_score = wrong_score
         self.neutral_score = neutral_score
+        self.answer_check = answer_check
 
-    def score_step(self, step: str) -> float:
-        """Score of one step's text."""
+    def score_step(self, step: str, derived: set[Fraction] | None = None) -> float:
+        """Score of one step's text; ``derived``: values true equations of the earlier steps derived."""
         checks = check_equations(step)
-        if not checks:
-            return self.neutral_score
-        return self.correct_score if all(checks) else self.wrong_score
+        if checks:
+            return self.correct_score if all(checks) else self.wrong_score
+        if self.answer_check and (answer := last_boxed(step)) is not None:
+            value = _evaluate(answer.replace(",", ""))
+            return self.correct_score if value is not None and value in (derived or set()) else self.wrong_score
+        return self.neutral_score
+
+    def score_solution(self, steps: Sequence[str]) -> list[float]:
+        """Scores of one solution's steps, in order."""
+        scores, derived = [], set()
+        for step in steps:
+            scores.append(self.score_step(step, derived))
+            if self.answer_check:
+                derived |= derived_values(step)
+        return scores
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        return [[self.score_step(s) for s in solution] for solution in steps]
+        return [self.score_solution(solution) for solution in steps]

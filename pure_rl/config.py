@@ -122,6 +122,10 @@ class EnvConfig:
         check=lambda v: -1 <= v <= 1,
         allowed="in [-1, 1]",
     )
+    answer_check: bool = opt(
+        False,
+        "arithmetic_rule PRM: a boxed answer no true equation derived scores as wrong (else it is neutral)",
+    )
     reward_mode: str = opt("prm+vr", "reward signal (spec section 4)", choices=("prm+vr", "prm", "vr"))
     vr_coef: float = opt(1.0, "c_vr: a wrong final answer costs this much", check=_non_negative, allowed=">= 0")
     step_separator: str = opt(

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,7 +222,12 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
             runs.append((method, seed, run_dir, overrides, state, cfg.train.iterations))
     todo = [r for r in runs if r[4] != "done"]
     if report_only and todo:
-        raise ConfigError(f"--report: {len(todo)} runs are not finished, e.g. {todo[0][2]}; run the sweep first")
+        # A report of unfinished runs (e.g. to look at a long sweep half way) says so, loudly.
+        missing = [r for r in todo if not (r[2] / "logs" / "scalars").is_dir()]
+        if missing:
+            raise ConfigError(f"--report: {missing[0][2]} has no metrics yet; run the sweep first")
+        print(f"WARNING: {len(todo)} runs are not finished; the report covers the iterations logged so far")
+        todo = []
     print(
         f"sweep {spec.name}: {len(runs)} runs ({len(spec.methods)} methods x {len(spec.seeds)} seeds), "
         f"{len(todo)} to run, {jobs} at a time with {threads} threads each -> {out}"
@@ -233,19 +238,28 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
             pool.submit(launch, run_dir, REPO_ROOT / spec.config, overrides, state, threads): (method, seed)
             for method, seed, run_dir, overrides, state, _ in todo
         }
-        for future, (method, seed) in futures.items():
+        for future in as_completed(futures):
+            method, seed = futures[future]
             wall[f"{method}/seed{seed}"] = future.result()
             bar.update(1)
             bar.set_postfix_str(f"{method} seed {seed}: {wall[f'{method}/seed{seed}']:.0f}s")
     results = write_results(spec, out, [(m, s, d) for m, s, d, *_ in runs])
     sweep_seconds = time.perf_counter() - t_start
     previous = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
+    invocations = previous.get("invocations", [])
+    if not report_only:  # a --report only rebuilds the artefacts: it is not part of the sweep's wall time
+        invocations.append(
+            {
+                "command": " ".join(["python -m pure_rl.sweep", *sys.argv[1:]]),
+                "runs_run": len(todo),
+                "wall_seconds": sweep_seconds,
+                "machine": machine_description(),
+            }
+        )
     record = {
         "spec": spec.__dict__,
-        "command": " ".join(["python -m pure_rl.sweep", *sys.argv[1:]]) if not report_only else previous.get("command"),
-        "machine": previous.get("machine") or machine_description(),
-        "wall_seconds": {**previous.get("wall_seconds", {}), **wall},
-        "this_invocation_seconds": sweep_seconds,
+        "invocations": invocations,
+        "run_wall_seconds": {**previous.get("run_wall_seconds", {}), **wall},
         "table": results["table"],
     }
     (out / "sweep.json").write_text(json.dumps(record, indent=2))
@@ -284,7 +298,8 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
     for method, seed, run_dir in runs:
         rows = read_metrics(run_dir / "logs" / "scalars")
         per_key = {k: [r.get(k, float("nan")) for r in rows] for k in ["iteration", *SERIES]}
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"unfinished": True}
         (out / "results" / f"{method}_seed{seed}.json").write_text(
             json.dumps({"method": method, "seed": seed, "run_dir": str(run_dir), "summary": summary, **per_key})
         )
@@ -301,8 +316,8 @@ def comparison_table(series: dict, reference: str | None, window: int) -> dict[s
 
     - final / best accuracy: the last point, and the maximum, of the smoothed sampled accuracy;
     - final greedy accuracy on held-out problems (the last evaluation);
-    - reaches reference: the first iteration at which the method's seed-mean smoothed accuracy reaches the
-      reference method's final (seed-mean) smoothed accuracy (None if never);
+    - reaches reference: the first iteration (from the ``window``-th on) at which the method's seed-mean
+      smoothed accuracy reaches the reference method's final (seed-mean) smoothed accuracy (None if never);
     - steps per response at the start (first ``window`` iterations) and end (last ``window``);
     - hack onset: the first iteration at which the seed-mean smoothed steps per response exceeds its start
       value by more than one step and stays above it to the end (None if never).
@@ -312,7 +327,9 @@ def comparison_table(series: dict, reference: str | None, window: int) -> dict[s
     if reference in series:
         target = float(np.mean([smooth(r["accuracy"], window)[-1] for r in series[reference].values()]))
     for method, seeds in series.items():
-        runs = list(seeds.values())
+        # Unfinished runs (a --report half way) are cut to the shortest seed's length.
+        length = min(len(r["iteration"]) for r in seeds.values())
+        runs = [{k: v[:length] for k, v in r.items()} for r in seeds.values()]
         acc = np.stack([smooth(r["accuracy"], window) for r in runs])
         steps = np.stack([smooth(r["steps_per_response"], window) for r in runs])
         raw_steps = np.stack([r["steps_per_response"] for r in runs])
@@ -324,7 +341,8 @@ def comparison_table(series: dict, reference: str | None, window: int) -> dict[s
         mean_steps = steps.mean(axis=0)
         reaches = None
         if target is not None:
-            hit = np.nonzero(mean_acc >= target - 1e-9)[0]
+            # Only once a full window is averaged: a single early iteration is noise, not "reaching" anything.
+            hit = np.nonzero((mean_acc >= target - 1e-9) & (np.arange(len(mean_acc)) >= window - 1))[0]
             reaches = int(iters[hit[0]]) if len(hit) else None
         above = mean_steps > float(start_steps.mean()) + 1.0
         onset = None
@@ -361,6 +379,8 @@ def _mean_std(x: np.ndarray) -> dict[str, float]:
 
 def format_table(table: dict, window: int, reference: str | None) -> str:
     def ms(v: dict, digits: int = 3) -> str:
+        if not np.isfinite(v["mean"]):
+            return "—"
         return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
 
     ref = f"reaches {reference}'s final acc. at iter." if reference else "reaches reference"
@@ -396,8 +416,9 @@ def plot_sweep(series: dict, out_png: Path, window: int, title: str = "") -> Pat
     fig, axes = plt.subplots(1, len(FIGURE_PANELS), figsize=(4.5 * len(FIGURE_PANELS), 3.6))
     for ax, (key, label) in zip(axes, FIGURE_PANELS):
         for i, (method, seeds) in enumerate(series.items()):
-            curves = np.stack([smooth(r[key], window) for r in seeds.values()])
-            x = next(iter(seeds.values()))["iteration"]
+            length = min(len(r["iteration"]) for r in seeds.values())
+            curves = np.stack([smooth(r[key][:length], window) for r in seeds.values()])
+            x = next(iter(seeds.values()))["iteration"][:length]
             color = f"C{i}"
             ax.plot(x, np.nanmean(curves, axis=0), color=color, label=method)
             if len(curves) > 1:

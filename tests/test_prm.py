@@ -158,3 +158,18 @@ class ShortPRM(ProcessRewardModel):
 def test_prm_wrong_score_count_is_an_error():
     with pytest.raises(PRMError, match="2 steps"):
         ShortPRM()(["q"], [["a", "b"]])
+
+
+def test_answer_check_scores_supported_answers_correct_and_guesses_wrong():
+    prm = ArithmeticRulePRM(neutral_score=0.5, answer_check=True)
+    worked = ["Ben starts with 9 pencils.", "After giving away 4: 9 - 4 = 5.", "The answer is \\boxed{5}."]
+    assert prm.score(["q"], [worked]) == [[0.5, 1.0, 1.0]]
+    guess = ["Ben starts with 9 pencils.", "The answer is \\boxed{5}."]
+    assert prm.score(["q"], [guess]) == [[0.5, -1.0]]
+    # Derived by a false equation is not support; a running chain derives its last value.
+    wrong = ["9 - 4 = 6.", "The answer is \\boxed{6}."]
+    assert prm.score(["q"], [wrong]) == [[-1.0, -1.0]]
+    chain = ["3 * 4 = 12 + 1 = 13.", "So \\boxed{13}."]
+    assert prm.score(["q"], [chain]) == [[1.0, 1.0]]
+    # Off (the default): the answer line is neutral like any step without an equation.
+    assert ArithmeticRulePRM(neutral_score=0.5).score(["q"], [guess]) == [[0.5, 0.5]]

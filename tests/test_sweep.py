@@ -104,7 +104,8 @@ def test_small_sweep_runs_end_to_end_at_reduced_size(tmp_path):
     assert (out / "sweep.png").stat().st_size > 10_000
     record = json.loads((out / "sweep.json").read_text())
     assert set(record["table"]) == set(spec.methods)
-    assert len(record["wall_seconds"]) == len(spec.methods) * 2
+    assert len(record["run_wall_seconds"]) == len(spec.methods) * 2
+    assert record["invocations"][0]["runs_run"] == len(spec.methods) * 2
     for method in spec.methods:
         for seed in (0, 1):
             result = json.loads((out / "results" / f"{method}_seed{seed}.json").read_text())
@@ -116,3 +117,12 @@ def test_small_sweep_runs_end_to_end_at_reduced_size(tmp_path):
     # Running it again finds every run finished: nothing is re-run, the report is rebuilt.
     again = subprocess.run(cmd, cwd=ROOT, check=True, timeout=300, capture_output=True, text=True)
     assert "0 to run" in again.stdout
+
+
+def test_one_lucky_early_iteration_does_not_reach_the_reference():
+    series = {
+        "lucky": {0: run_series([0.9] + [0.1] * 39, [3.0] * 40)},
+        "ref": {0: run_series([0.4] * 40, [3.0] * 40)},
+    }
+    assert comparison_table(series, reference="ref", window=5)["lucky"]["reaches_reference_at"] is None
+    assert comparison_table(series, reference="ref", window=5)["ref"]["reaches_reference_at"] == 5
