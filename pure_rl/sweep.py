@@ -122,10 +122,8 @@ def build_warm_model(spec: SweepSpec, out: Path, threads: int) -> Path:
         return target.resolve()
     import torch
 
-    from agents.policy import make_policy
     from agents.tiny import build_tiny_causal_lm, build_tiny_tokenizer
-    from envs import make_source
-    from pure_rl.warmup import warmup
+    from pure_rl.warmup import warmup_configured_policy
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -134,25 +132,21 @@ def build_warm_model(spec: SweepSpec, out: Path, threads: int) -> Path:
     model = build_tiny_causal_lm(
         tokenizer, hidden_size=int(w.get("hidden_size", 64)), layers=int(w.get("layers", 2)), seed=w.get("seed", 0)
     )
+    print(f"warm-up: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter tiny model")
     init = out / "warmup" / "init"
     model.save_pretrained(init)
     tokenizer.save_pretrained(init)
     base.policy.model = str(init)
-    policy = make_policy(base)  # the policy's own prompt encoding, so warm-up and RL see the same prompts
-    print(f"warm-up: {sum(p.numel() for p in policy.model.parameters()) / 1e6:.2f}M-parameter tiny model")
-    losses = warmup(
-        policy.model,
-        policy.tokenizer,
-        make_source(base),
-        steps=int(w.get("steps", 300)),
+    steps = int(w.get("steps", 300))
+    losses = warmup_configured_policy(
+        base,
+        target,
+        steps=steps,
         batch_size=int(w.get("batch_size", 16)),
         lr=float(w.get("lr", 3e-3)),
-        prompt_ids=lambda q: policy.prompt_ids(base.env.prompt_template.format(question=q)),
         seed=int(w.get("seed", 0)),
-        log_every=max(1, int(w.get("steps", 300)) // 5),
+        log_every=max(1, steps // 5),
     )
-    policy.model.save_pretrained(target)
-    policy.tokenizer.save_pretrained(target)
     seconds = time.perf_counter() - t0
     stamp.write_text(json.dumps({"spec": w, "loss_first": losses[0], "loss_last": losses[-1], "seconds": seconds}))
     print(f"warm-up done in {seconds:.0f}s (loss {losses[0]:.3f} -> {losses[-1]:.3f}): {target}")
@@ -208,9 +202,11 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     t_start = time.perf_counter()
     model_dir = None
-    if spec.warmup is not None:
-        if report_only and not (out / "warmup" / "model").is_dir():
+    if spec.warmup is not None and report_only:  # a report never trains: it reads what the sweep built
+        model_dir = (out / "warmup" / "model").resolve()
+        if not model_dir.is_dir():
             raise ConfigError(f"--report: {out} has no warmed-up model; run the sweep first")
+    elif spec.warmup is not None:
         model_dir = build_warm_model(spec, out, threads=os.cpu_count() or 1)
     runs = []
     for method in spec.methods:
@@ -304,6 +300,10 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
             json.dumps({"method": method, "seed": seed, "run_dir": str(run_dir), "summary": summary, **per_key})
         )
         series.setdefault(method, {})[seed] = {k: np.asarray(v, dtype=float) for k, v in per_key.items()}
+    for seeds in series.values():  # unfinished runs (a --report half way) are cut to the shortest seed's length
+        length = min(len(r["iteration"]) for r in seeds.values())
+        for seed, r in seeds.items():
+            seeds[seed] = {k: v[:length] for k, v in r.items()}
     table = comparison_table(series, spec.reference, spec.smooth)
     markdown = format_table(table, spec.smooth, spec.reference)
     (out / "table.md").write_text(markdown + "\n")
@@ -328,9 +328,7 @@ def comparison_table(series: dict, reference: str | None, window: int) -> dict[s
     if reference in series:
         target = float(np.mean([smooth(r["accuracy"], window)[-1] for r in series[reference].values()]))
     for method, seeds in series.items():
-        # Unfinished runs (a --report half way) are cut to the shortest seed's length.
-        length = min(len(r["iteration"]) for r in seeds.values())
-        runs = [{k: v[:length] for k, v in r.items()} for r in seeds.values()]
+        runs = list(seeds.values())  # equal lengths: write_results cut unfinished seeds
         acc = np.stack([smooth(r["accuracy"], window) for r in runs])
         steps = np.stack([smooth(r["steps_per_response"], window) for r in runs])
         raw_steps = np.stack([r["steps_per_response"] for r in runs])
@@ -417,9 +415,8 @@ def plot_sweep(series: dict, out_png: Path, window: int, title: str = "") -> Pat
     fig, axes = plt.subplots(1, len(FIGURE_PANELS), figsize=(4.5 * len(FIGURE_PANELS), 3.6))
     for ax, (key, label) in zip(axes, FIGURE_PANELS):
         for i, (method, seeds) in enumerate(series.items()):
-            length = min(len(r["iteration"]) for r in seeds.values())
-            curves = np.stack([smooth(r[key][:length], window) for r in seeds.values()])
-            x = next(iter(seeds.values()))["iteration"][:length]
+            curves = np.stack([smooth(r[key], window) for r in seeds.values()])
+            x = next(iter(seeds.values()))["iteration"]
             color = f"C{i}"
             ax.plot(x, np.nanmean(curves, axis=0), color=color, label=method)
             if len(curves) > 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FILLERS", "varied_solution", "warmup"]
+__all__ = ["FILLERS", "varied_solution", "warmup", "warmup_configured_policy"]
 
 FILLERS = [
     "Let me think about this step by step.",
@@ -98,9 +98,32 @@ def warmup(
     return losses
 
 
-def main(argv: list[str] | None = None) -> Path:
+def warmup_configured_policy(
+    cfg, out: str | Path, *, steps: int, batch_size: int, lr: float, seed: int, log_every: int = 0
+) -> list[float]:
+    """Warm up ``cfg.policy.model`` on ``cfg``'s task with the policy's own prompt encoding (so warm-up and RL
+    see the same prompts), and save the model and tokenizer to ``out``. Returns the loss of every step."""
     from agents import make_policy
     from envs import make_source
+
+    policy = make_policy(cfg)
+    losses = warmup(
+        policy.model,
+        policy.tokenizer,
+        make_source(cfg),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        prompt_ids=lambda q: policy.prompt_ids(cfg.env.prompt_template.format(question=q)),
+        seed=seed,
+        log_every=log_every,
+    )
+    policy.model.save_pretrained(out)
+    policy.tokenizer.save_pretrained(out)
+    return losses
+
+
+def main(argv: list[str] | None = None) -> Path:
     from pure_rl.config import load_config
 
     p = argparse.ArgumentParser(prog="python -m pure_rl.warmup", description=__doc__.splitlines()[0])
@@ -112,26 +135,16 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    policy = make_policy(cfg)
-    source = make_source(cfg)
-
-    def prompt_ids(question: str) -> list[int]:
-        return policy.prompt_ids(cfg.env.prompt_template.format(question=question))
-
-    losses = warmup(
-        policy.model,
-        policy.tokenizer,
-        source,
+    out = Path(args.out)
+    losses = warmup_configured_policy(
+        cfg,
+        out,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
-        prompt_ids=prompt_ids,
         seed=cfg.train.seed,
         log_every=max(1, args.steps // 10),
     )
-    out = Path(args.out)
-    policy.model.save_pretrained(out)
-    policy.tokenizer.save_pretrained(out)
     print(f"saved warmed-up model to {out} (loss {losses[0]:.3f} -> {losses[-1]:.3f}); use policy.model={out}")
     return out
 
