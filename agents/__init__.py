@@ -1,6 +1,7 @@
 """What acts and what is trained: the LLM policy, its generation backends, model loading, weight sync.
 
-``agents`` never imports ``envs``: a policy reads observations and writes steps, it never sees rewards.
+``agents`` imports only ``envs``' step boundary rule (``envs.steps``) and token-id layout (``envs.token_ids``):
+a policy reads observations and writes steps, it never sees rewards.
 """
 
 from agents.generation import Generation, TransformersBackend

@@ -17,6 +17,7 @@ from tensordict.nn import TensorDictModuleBase
 
 from agents.generation import GenerationBackend, TransformersBackend
 from agents.models import resolve_model_dir
+from envs.token_ids import token_id_lists, token_ids_stack
 
 __all__ = ["ReasoningPolicy", "load_model_and_tokenizer", "make_policy", "make_reference_model"]
 
@@ -24,9 +25,7 @@ __all__ = ["ReasoningPolicy", "load_model_and_tokenizer", "make_policy", "make_r
 def _as_lists(value, n: int) -> list:
     if value is None:
         return [[] for _ in range(n)]
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    value = list(value)
+    value = token_id_lists(value)
     if n == 1 and value and isinstance(value[0], int):
         value = [value]
     return [list(v) for v in value]
@@ -96,7 +95,7 @@ class ReasoningPolicy(TensorDictModuleBase):
         inputs = [self.prompt_ids(prompts[i]) + responses[i] for i in range(n)]
         generations = self.backend.generate(inputs, budget, stop_at_step=True)
         ids = [g.token_ids for g in generations]
-        tensordict.set("step_token_ids", NonTensorStack(*[NonTensorData(list(t)) for t in ids]))
+        tensordict.set("step_token_ids", token_ids_stack(ids))
         tensordict.set(
             "step_text",
             NonTensorStack(*[NonTensorData(self.tokenizer.decode(t, skip_special_tokens=True)) for t in ids]),

@@ -16,8 +16,10 @@ Keys (everything is in the specs; ``check_env_specs`` passes):
   ``verifier_reward`` ``[B, 1]`` (the PRM's score of the last step, and the verifier's 0/1 outcome at the last
   step, 0 before), written separately so metrics and estimators can use them apart from ``reward``.
 - action: ``step_text`` (text), ``step_tokens`` ``[B]`` int64, ``step_eos`` ``[B]`` bool, and
-  ``step_token_ids`` (a list of ints, optional: the env stores them so the trainer sees the exact sampled
-  tokens; it never tokenizes anything itself).
+  ``step_token_ids`` (optional: the env stores them so the trainer sees the exact sampled tokens; it never
+  tokenizes anything itself).
+- Token ids (``response_token_ids``, ``step_token_ids``) are ragged, so each row holds a 1-D int64 tensor
+  (:mod:`envs.token_ids`).
 - reward ``[B, 1]``; done / terminated (the step ended with EOS) / truncated (step or token budget spent).
 
 Stepping an episode that is already done is a no-op that reports it done again with zero reward, so a
@@ -37,6 +39,7 @@ from torchrl.envs import EnvBase
 from envs.prm import ProcessRewardModel
 from envs.steps import split_token_steps
 from envs.tasks import Problem, ProblemSource, ProblemStream
+from envs.token_ids import token_id_lists, token_ids_stack
 from envs.verifier import MathVerifier
 
 __all__ = ["REWARD_MODES", "ReasoningStepEnv"]
@@ -134,7 +137,7 @@ class ReasoningStepEnv(EnvBase):
     def _make_specs(self) -> None:
         b = self.batch_size
         text = lambda: NonTensor(shape=b, example_data="text", device=self.device)  # noqa: E731
-        ids = lambda: NonTensor(shape=b, example_data=[0], device=self.device)  # noqa: E731
+        ids = lambda: NonTensor(shape=b, example_data=torch.zeros(1, dtype=torch.int64), device=self.device)  # noqa: E731
         flag = lambda: Categorical(2, shape=(*b, 1), dtype=torch.bool, device=self.device)  # noqa: E731
         self.observation_spec = Composite(
             question=text(),
@@ -171,7 +174,7 @@ class ReasoningStepEnv(EnvBase):
                 "question": NonTensorStack(*[NonTensorData(p.question if p else "") for p in problems]),
                 "prompt": NonTensorStack(*[NonTensorData(self.format_prompt(p) if p else "") for p in problems]),
                 "response": NonTensorStack(*[NonTensorData("".join(s)) for s in self.steps]),
-                "response_token_ids": NonTensorStack(*[NonTensorData(list(t)) for t in self.token_ids]),
+                "response_token_ids": token_ids_stack(self.token_ids),
                 "reference": NonTensorStack(*[NonTensorData((p.answer or "") if p else "") for p in problems]),
                 "has_reference": has_ref.view(b, 1),
                 "step_count": self.step_count.clone(),
@@ -233,14 +236,14 @@ class ReasoningStepEnv(EnvBase):
             active &= partial.reshape(b).to(torch.bool).cpu()
         idx = active.nonzero().flatten().tolist()
         step_ids = tensordict.get("step_token_ids", None)
-        step_ids = None if step_ids is None else (step_ids.tolist() if hasattr(step_ids, "tolist") else step_ids)
+        step_ids = None if step_ids is None else token_id_lists(step_ids)
         if isinstance(step_ids, list) and b == 1 and step_ids and isinstance(step_ids[0], int):
             step_ids = [step_ids]  # a batch of one holding a single list
 
         for i in idx:
             self.steps[i].append(texts[i])
             if step_ids is not None:
-                self.token_ids[i].extend(int(t) for t in step_ids[i])
+                self.token_ids[i].extend(step_ids[i])
         self.step_count[active] += 1
         self.num_tokens[active] += n_tokens[active]
         terminated = eos & active
@@ -344,7 +347,7 @@ class ReasoningStepEnv(EnvBase):
             td.set("step_text", NonTensorStack(*[NonTensorData(t) for t in step_text]))
             td.set("step_tokens", torch.tensor(step_tokens, dtype=torch.int64))
             td.set("step_eos", torch.tensor(step_eos, dtype=torch.bool))
-            td.set("step_token_ids", NonTensorStack(*[NonTensorData(t) for t in step_ids]))
+            td.set("step_token_ids", token_ids_stack(step_ids))
             return td
 
         n_steps = max([len(s) for s in per_env] + [1])

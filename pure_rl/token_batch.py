@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from envs.token_ids import token_id_lists
 from pure_rl.credit import valid_steps_from_done
 
 __all__ = ["build_token_batch", "step_sums", "token_advantages", "valid_step_mask"]
@@ -48,7 +49,7 @@ def build_token_batch(
     b, k = traj.shape
     valid = valid_step_mask(traj)
     prompts = traj.get("prompt").tolist()
-    step_ids = traj.get("step_token_ids").tolist()
+    step_ids = token_id_lists(traj.get("step_token_ids"))
     eos = set(eos_token_ids)
     rows = []
     for i in range(b):
@@ -58,7 +59,7 @@ def build_token_batch(
         for s in range(k):
             if not valid[i, s]:
                 break
-            toks = [int(t) for t in step_ids[i][s]]
+            toks = step_ids[i][s]
             ends_at_boundary = bool(toks) and (toks[-1] in eos or separator_check(toks))
             for j, t in enumerate(toks):
                 ids.append(t)

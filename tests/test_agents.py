@@ -13,6 +13,7 @@ from agents.generation import TransformersBackend
 from agents.models import ModelNotAvailableError, resolve_model_dir
 from envs import make_env
 from envs.steps import split_token_steps
+from envs.token_ids import token_id_lists
 from pure_rl.config import load_config
 from pure_rl.rollout import collect
 
@@ -88,7 +89,7 @@ def test_sampling_is_seeded(warm_tiny_path):
     runs = []
     for _ in range(2):
         env, policy = make_env(cfg), make_policy(cfg)
-        runs.append(collect(env, policy, "response").get("step_token_ids").tolist())
+        runs.append(token_id_lists(collect(env, policy, "response").get("step_token_ids")))
     assert runs[0] == runs[1]
     first_steps = [row[0] for row in runs[0]]
     assert len({tuple(s) for s in first_steps}) > 1  # samples of one prompt differ
@@ -104,7 +105,7 @@ def test_step_and_whole_response_rollouts_are_identical(warm_tiny_path, chat):
         out[mode] = collect(env, policy, mode)
     a, b = out["step"], out["response"]
     assert a.shape == b.shape
-    assert a.get("step_token_ids").tolist() == b.get("step_token_ids").tolist()
+    assert token_id_lists(a.get("step_token_ids")) == token_id_lists(b.get("step_token_ids"))
     assert a.get("step_text").tolist() == b.get("step_text").tolist()
     for key in [
         ("next", "reward"),
