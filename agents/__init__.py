@@ -1,6 +1,6 @@
 """What acts and what is trained: the LLM policy, its generation backends, model loading, weight sync.
 
-``agents`` imports only ``envs``' step boundary rule (``envs.steps``) and token-id layout (``envs.token_ids``):
+``agents`` imports only ``envs``' step boundary rule (``envs.steps``) and token-id layout (``envs.ragged``):
 a policy reads observations and writes steps, it never sees rewards.
 """
 

@@ -12,12 +12,12 @@ import copy
 from collections.abc import Sequence
 
 import torch
-from tensordict import NonTensorData, NonTensorStack, TensorDictBase
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 
 from agents.generation import GenerationBackend, TransformersBackend
 from agents.models import resolve_model_dir
-from envs.token_ids import token_id_lists, token_ids_stack
+from envs.ragged import text_stack, token_id_lists, token_ids_stack
 
 __all__ = ["ReasoningPolicy", "load_model_and_tokenizer", "make_policy", "make_reference_model"]
 
@@ -95,13 +95,12 @@ class ReasoningPolicy(TensorDictModuleBase):
         inputs = [self.prompt_ids(prompts[i]) + responses[i] for i in range(n)]
         generations = self.backend.generate(inputs, budget, stop_at_step=True)
         ids = [g.token_ids for g in generations]
-        tensordict.set("step_token_ids", token_ids_stack(ids))
-        tensordict.set(
-            "step_text",
-            NonTensorStack(*[NonTensorData(self.tokenizer.decode(t, skip_special_tokens=True)) for t in ids]),
-        )
-        tensordict.set("step_tokens", torch.tensor([len(t) for t in ids], dtype=torch.int64))
-        tensordict.set("step_eos", torch.tensor([g.finish == "eos" or done[i] for i, g in enumerate(generations)]))
+        dev = tensordict.device
+        tensordict.set("step_token_ids", token_ids_stack(ids, dev))
+        tensordict.set("step_text", text_stack([self.tokenizer.decode(t, skip_special_tokens=True) for t in ids], dev))
+        tensordict.set("step_tokens", torch.tensor([len(t) for t in ids], dtype=torch.int64, device=dev))
+        eos = [g.finish == "eos" or done[i] for i, g in enumerate(generations)]
+        tensordict.set("step_eos", torch.tensor(eos, dtype=torch.bool, device=dev))
         return tensordict
 
     def generate_responses(self, tensordict: TensorDictBase) -> list[list[int]]:

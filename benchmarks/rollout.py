@@ -6,7 +6,8 @@ temperature 0.7, natural stopping at EOS, up to 256 new tokens. "Useful" tokens 
 each sequence's EOS (plain ``generate`` keeps computing rows that already stopped; that work is not useful).
 The roofline is 2 x parameters FLOPs per token over the FLOP/s of a large fp32 matmul measured here.
 
-Run: ``python benchmarks/rollout.py [--prompts 32] [--samples 4] [--max-new-tokens 256] [--skip-vllm]``.
+Run: ``python benchmarks/rollout.py [--prompts 32] [--samples 4] [--max-new-tokens 256] [--skip-vllm]
+[--skip-hf] [--skip-transformers]``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--skip-vllm", action="store_true", help="leave out the vLLM path")
     parser.add_argument("--skip-hf", action="store_true", help="leave out plain HF generate")
+    parser.add_argument("--skip-transformers", action="store_true", help="leave out pure-rl's transformers path")
     args = parser.parse_args()
 
     from agents import make_policy
@@ -109,11 +111,13 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         report("plain HF generate", useful_tokens(out[:, width:].tolist(), eos), seconds)
 
-    backend = TransformersBackend(model, tok, temperature=args.temperature, seed=0, eos_token_ids=list(eos))
-    t0 = time.perf_counter()
-    gens = backend.generate(prompts, [args.max_new_tokens] * len(prompts), stop_at_step=False)
-    seconds = time.perf_counter() - t0
-    report("pure-rl transformers (row-dropping decode loop)", useful_tokens([g.token_ids for g in gens], eos), seconds)
+    if not args.skip_transformers:
+        backend = TransformersBackend(model, tok, temperature=args.temperature, seed=0, eos_token_ids=list(eos))
+        t0 = time.perf_counter()
+        gens = backend.generate(prompts, [args.max_new_tokens] * len(prompts), stop_at_step=False)
+        seconds = time.perf_counter() - t0
+        label = "pure-rl transformers (row-dropping decode loop)"
+        report(label, useful_tokens([g.token_ids for g in gens], eos), seconds)
 
     if not args.skip_vllm:
         from agents.models import resolve_model_dir
@@ -135,7 +139,7 @@ def main() -> None:
         gens = vb.generate(prompts, [args.max_new_tokens] * len(prompts), stop_at_step=False)
         seconds = time.perf_counter() - t0
         report(
-            f"pure-rl vLLM-CPU (OMP bind {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}, engine start {start:.0f}s)",
+            f"pure-rl vLLM-CPU, vLLMWrapper (bind {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}, start {start:.0f}s)",
             useful_tokens([g.token_ids for g in gens], eos),
             seconds,
         )

@@ -19,7 +19,7 @@ Keys (everything is in the specs; ``check_env_specs`` passes):
   ``step_token_ids`` (optional: the env stores them so the trainer sees the exact sampled tokens; it never
   tokenizes anything itself).
 - Token ids (``response_token_ids``, ``step_token_ids``) are ragged, so each row holds a 1-D int64 tensor
-  (:mod:`envs.token_ids`).
+  (:mod:`envs.ragged`).
 - reward ``[B, 1]``; done / terminated (the step ended with EOS) / truncated (step or token budget spent).
 
 Stepping an episode that is already done is a no-op that reports it done again with zero reward, so a
@@ -37,12 +37,12 @@ from torchrl.data import Bounded, Categorical, Composite, NonTensor, Unbounded
 from torchrl.envs import EnvBase
 
 from envs.prm import ProcessRewardModel
+from envs.ragged import text_stack, token_id_lists, token_ids_stack
 from envs.steps import split_token_steps
 from envs.tasks import Problem, ProblemSource, ProblemStream
-from envs.token_ids import token_id_lists, token_ids_stack
 from envs.verifier import MathVerifier
 
-__all__ = ["REWARD_MODES", "ReasoningStepEnv"]
+__all__ = ["REWARD_MODES", "ReasoningStepEnv", "ResponseScript"]
 
 REWARD_MODES = ("prm+vr", "prm", "vr")
 DEFAULT_PROMPT = (
@@ -80,6 +80,11 @@ class ReasoningStepEnv(EnvBase):
         max_steps, max_tokens: budgets per response; reaching one truncates the episode.
         prompt_template: ``{question}`` placeholder; the paper's prompt by default.
         seed: order of the questions.
+        restart_groups: what :meth:`maybe_reset` (called by ``step_and_maybe_reset``, so by TorchRL
+            collectors) does with finished episodes. False (default): nothing; a finished episode stays done
+            until the next reset, so a collector with ``reset_at_each_iter=True`` yields one grouped batch of
+            episodes per iteration (the trainer's use). True: a group restarts, with a new question, once all of
+            its episodes have finished (continuous collection; a group is never split).
     """
 
     batch_locked = True
@@ -100,6 +105,7 @@ class ReasoningStepEnv(EnvBase):
         prompt_template: str = DEFAULT_PROMPT,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        restart_groups: bool = False,
     ):
         if reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
@@ -120,6 +126,7 @@ class ReasoningStepEnv(EnvBase):
         self.max_steps = max_steps
         self.max_tokens = max_tokens
         self.prompt_template = prompt_template
+        self.restart_groups = restart_groups
         b = batch_size
         self.problems: list[Problem | None] = [None] * b
         self.steps: list[list[str]] = [[] for _ in range(b)]
@@ -169,13 +176,14 @@ class ReasoningStepEnv(EnvBase):
         b = self.batch_size[0]
         problems = self.problems
         has_ref = torch.tensor([p is not None and p.answer is not None for p in problems], dtype=torch.bool)
+        dev = self.device
         return TensorDict(
             {
-                "question": NonTensorStack(*[NonTensorData(p.question if p else "") for p in problems]),
-                "prompt": NonTensorStack(*[NonTensorData(self.format_prompt(p) if p else "") for p in problems]),
-                "response": NonTensorStack(*[NonTensorData("".join(s)) for s in self.steps]),
-                "response_token_ids": token_ids_stack(self.token_ids),
-                "reference": NonTensorStack(*[NonTensorData((p.answer or "") if p else "") for p in problems]),
+                "question": text_stack([p.question if p else "" for p in problems], dev),
+                "prompt": text_stack([self.format_prompt(p) if p else "" for p in problems], dev),
+                "response": text_stack(["".join(s) for s in self.steps], dev),
+                "response_token_ids": token_ids_stack(self.token_ids, dev),
+                "reference": text_stack([(p.answer or "") if p else "" for p in problems], dev),
                 "has_reference": has_ref.view(b, 1),
                 "step_count": self.step_count.clone(),
                 "num_tokens": self.num_tokens.clone(),
@@ -283,6 +291,22 @@ class ReasoningStepEnv(EnvBase):
         out.set("truncated", (done.view(b) & ~self.terminated).view(b, 1))
         return out
 
+    @property
+    def all_finished(self) -> bool:
+        """Whether every episode of the batch has ended (a collector's batch can stop there)."""
+        return bool(self.finished.all())
+
+    def maybe_reset(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Group-aware version of TorchRL's auto-reset: a row is never reset alone (that would split the
+        samples of one prompt); see ``restart_groups``."""
+        if not self.restart_groups:
+            return tensordict
+        done = tensordict.get("done").reshape(-1, self.group_size).all(-1)
+        if not done.any():
+            return tensordict
+        tensordict.set("_reset", done.repeat_interleave(self.group_size).view(*self.batch_size, 1))
+        return self.reset(tensordict, select_reset_only=True)
+
     def _set_seed(self, seed: int | None) -> None:
         if seed is not None:
             self.stream.seed = int(seed)
@@ -320,42 +344,72 @@ class ReasoningStepEnv(EnvBase):
         b = self.batch_size[0]
         if len(responses) != b:
             raise ValueError(f"expected {b} responses, got {len(responses)}")
-        eos = set(eos_token_ids)
-        per_env = [split_token_steps(r, tokenizer, self.separator, eos_token_ids) for r in responses]
-        texts = [[tokenizer.decode(s, skip_special_tokens=True) for s in steps] for steps in per_env]
-        cursor = [0]
-
-        def scripted(td: TensorDictBase) -> TensorDictBase:
-            k = cursor[0]
-            cursor[0] += 1
-            step_text, step_tokens, step_eos, step_ids = [], [], [], []
-            for i in range(b):
-                steps = per_env[i]
-                if k < len(steps):
-                    step_text.append(texts[i][k])
-                    step_tokens.append(len(steps[k]))
-                    step_ids.append(list(steps[k]))
-                    # The last step ends the response: by EOS, or (shorter than the token budget) because the
-                    # response simply stops there; a response cut by the budget is left to truncate.
-                    last = k == len(steps) - 1
-                    step_eos.append(steps[k][-1] in eos or (last and len(responses[i]) < self.max_tokens))
-                else:
-                    step_text.append("")
-                    step_tokens.append(0)
-                    step_ids.append([])
-                    step_eos.append(True)
-            td.set("step_text", NonTensorStack(*[NonTensorData(t) for t in step_text]))
-            td.set("step_tokens", torch.tensor(step_tokens, dtype=torch.int64))
-            td.set("step_eos", torch.tensor(step_eos, dtype=torch.bool))
-            td.set("step_token_ids", token_ids_stack(step_ids))
-            return td
-
-        n_steps = max([len(s) for s in per_env] + [1])
+        script = ResponseScript(responses, tokenizer, self.separator, eos_token_ids, self.max_tokens)
         return self.rollout(
-            max_steps=min(n_steps, self.max_steps),
-            policy=scripted,
+            max_steps=min(max([len(s) for s in script.steps] + [1]), self.max_steps),
+            policy=script,
             auto_reset=tensordict is None,
             tensordict=tensordict,
             break_when_any_done=False,
             break_when_all_done=True,
         )
+
+
+class ResponseScript:
+    """Whole generated responses (token ids, no prompt) split into steps by :func:`envs.steps.split_token_steps`
+    (the rule a step-by-step policy stops by), written as the env's action one step per call: a policy for
+    :meth:`ReasoningStepEnv.rollout` or a TorchRL collector. Row ``i`` gets its step number ``step_count[i]``;
+    finished rows, and rows past their last step, get an empty step (the env ignores it), as a policy writes.
+    :meth:`set_rows` replaces some rows' responses (a collector's restarted groups).
+    """
+
+    def __init__(
+        self,
+        responses: Sequence[Sequence[int]],
+        tokenizer,
+        separator: str,
+        eos_token_ids: Sequence[int],
+        max_tokens: int,
+    ):
+        self.tokenizer, self.separator = tokenizer, separator
+        self.eos_token_ids = list(eos_token_ids)
+        self.eos = set(eos_token_ids)
+        self.max_tokens = max_tokens
+        n = len(responses)
+        self.responses: list[list[int]] = [[] for _ in range(n)]
+        self.steps: list[list[list[int]]] = [[] for _ in range(n)]
+        self.texts: list[list[str]] = [[] for _ in range(n)]
+        self.set_rows(range(n), responses)
+
+    def set_rows(self, rows: Sequence[int], responses: Sequence[Sequence[int]]) -> None:
+        """Give rows ``rows`` the responses ``responses`` (split into steps here)."""
+        for i, response in zip(rows, responses):
+            steps = split_token_steps(list(response), self.tokenizer, self.separator, self.eos_token_ids)
+            texts = [self.tokenizer.decode(s, skip_special_tokens=True) for s in steps]
+            self.responses[i], self.steps[i], self.texts[i] = list(response), steps, texts
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        b = td.batch_size[0]
+        done = td.get("done", None)
+        done = [False] * b if done is None else done.reshape(b).tolist()
+        step_text, step_tokens, step_eos, step_ids = [], [], [], []
+        for i, k in enumerate(td.get("step_count").reshape(b).tolist()):
+            steps = self.steps[i]
+            if k < len(steps) and not done[i]:
+                step_text.append(self.texts[i][k])
+                step_tokens.append(len(steps[k]))
+                step_ids.append(steps[k])
+                # The last step ends the response: by EOS, or (shorter than the token budget) because the
+                # response simply stops there; a response cut by the budget is left to truncate.
+                last = k == len(steps) - 1
+                step_eos.append(steps[k][-1] in self.eos or (last and len(self.responses[i]) < self.max_tokens))
+            else:
+                step_text.append("")
+                step_tokens.append(0)
+                step_ids.append([])
+                step_eos.append(True)
+        td.set("step_text", text_stack(step_text, td.device))
+        td.set("step_tokens", torch.tensor(step_tokens, dtype=torch.int64, device=td.device))
+        td.set("step_eos", torch.tensor(step_eos, dtype=torch.bool, device=td.device))
+        td.set("step_token_ids", token_ids_stack(step_ids, td.device))
+        return td

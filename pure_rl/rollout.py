@@ -1,30 +1,110 @@
-"""Rollouts: the policy acting in the step-level env, as TorchRL's ``EnvBase.rollout`` drives it.
+"""Rollouts: the policy acting in the step-level env, driven by a TorchRL collector.
 
 Two ways to the same step trajectory ``[prompts x samples, steps]``: ``"step"`` lets the policy write one step
 per env step (generation stops at the separator), ``"response"`` generates whole responses and segments them
 with the same rule (fewer engine calls). With greedy decoding both give identical trajectories.
 
-A TorchRL collector class is not used: collectors reset each finished env on its own, which would split the
-groups of samples that share a prompt (the baselines need whole groups), while ``rollout`` with
-``break_when_all_done`` runs one grouped batch of episodes to the end.
+Training batches come from :func:`make_collector`, a TorchRL ``Collector`` with ``reset_at_each_iter=True`` over
+the env: each ``collector.next()`` is one grouped batch ``[B, K]`` of fresh episodes (``K`` = the longest). The
+env never resets a row on its own (``ReasoningStepEnv.restart_groups=False``, the default), so a finished
+episode stays done, with zero reward and no generation, until the next batch (a collector's usual per-row
+auto-reset would split the samples of one prompt, which the baselines compare), and the collector's
+interruptor ends the batch once every episode is done. :func:`collect` runs the same batch with
+``EnvBase.rollout`` (evaluation, tests).
 """
 
 from __future__ import annotations
 
 from tensordict import TensorDictBase
 
-__all__ = ["collect"]
+from envs.reasoning_env import ResponseScript
+
+__all__ = ["StopWhenAllDone", "WholeResponseActor", "collect", "make_collector"]
+
+
+class WholeResponseActor:
+    """The ``"response"`` rollout mode as a policy: when rows start an episode (``step_count`` 0, not done) it
+    generates their whole responses with the policy's engine (stopping only at EOS or the token budget), then
+    writes one step per call, split by the rule step-by-step generation stops at (:class:`ResponseScript`)."""
+
+    def __init__(self, policy, env):
+        self.policy = policy
+        self.in_keys = ["prompt", "step_count", "done"]
+        self.out_keys = list(policy.out_keys)  # a collector reads these instead of probing the policy
+        n = env.batch_size[0]
+        self.script = ResponseScript([[]] * n, policy.tokenizer, env.separator, policy.eos_token_ids, env.max_tokens)
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        steps = td.get("step_count").reshape(-1).tolist()
+        done = td.get("done").reshape(-1).tolist()
+        fresh = [i for i, (k, d) in enumerate(zip(steps, done)) if k == 0 and not d]
+        if fresh:
+            rows = td if len(fresh) == len(steps) else td[fresh]
+            self.script.set_rows(fresh, self.policy.generate_responses(rows))
+        return self.script(td)
+
+
+class StopWhenAllDone:
+    """A collector interruptor that ends the batch once every episode of the env has finished (what
+    ``EnvBase.rollout(break_when_all_done=True)`` does): no env steps after the longest episode."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def collection_stopped(self) -> bool:
+        return self.env.all_finished
+
+
+def make_collector(env, policy, mode: str = "step"):
+    """A TorchRL ``Collector`` yielding one grouped batch of episodes ``[B, K]`` per ``next()``.
+
+    Every episode ends within ``max_steps`` env steps, so each batch holds exactly one whole episode per row,
+    the same batch :func:`collect` returns. The collector resets the env once when it is built; the question
+    order is rewound past that reset, so the first batch sees the first questions (and a resumed run its
+    restored data position).
+    """
+    from torchrl.collectors import Collector
+
+    if env.restart_groups:
+        raise ValueError("make_collector needs an env with restart_groups=False (one episode per row per batch)")
+    actor = _actor(env, policy, mode)
+    position = env.state_dict()
+    collector = Collector(
+        env,
+        actor,
+        frames_per_batch=env.batch_size[0] * env.max_steps,
+        total_frames=-1,
+        reset_at_each_iter=True,
+        trust_policy=True,
+        device=env.device,  # policy and env on one device: the collector keeps the text entries' device as is
+        auto_register_policy_transforms=False,  # the policy reads the env's own keys only
+        use_buffers=False,  # with buffers the collector probes the policy once (a generation, and RNG draws)
+        interruptor=StopWhenAllDone(env),
+        track_traj_ids=False,
+    )
+    env.load_state_dict(position)
+    if not hasattr(collector, "_final_rollout"):
+        # torchrl 0.14.1 reads this preallocated buffer on the interrupted path even without buffers (and then
+        # stacks the steps itself); it only exists with use_buffers=True.
+        collector._final_rollout = None
+    return collector
 
 
 def collect(env, policy, mode: str = "step") -> TensorDictBase:
-    """One batch of episodes: a tensordict ``[B, K]`` (``K`` = the longest episode's steps).
-
-    Steps after an episode's end repeat its last entry with ``done`` set; value estimators mask them.
-    """
+    """One batch of episodes with ``EnvBase.rollout``: a tensordict ``[B, K]`` (``K`` = the longest episode's
+    steps). Steps after an episode's end repeat its last entry with ``done`` set; value estimators mask them."""
     if mode == "step":
         return env.rollout(env.max_steps, policy, break_when_any_done=False, break_when_all_done=True)
     if mode == "response":
         start = env.reset()
         responses = policy.generate_responses(start)
         return env.rollout_responses(responses, policy.tokenizer, policy.eos_token_ids, tensordict=start)
+    raise ValueError(f"rollout mode must be 'step' or 'response', got {mode!r}")
+
+
+def _actor(env, policy, mode: str):
+    if mode == "step":
+        return policy
+    if mode == "response":
+        return WholeResponseActor(policy, env)
     raise ValueError(f"rollout mode must be 'step' or 'response', got {mode!r}")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from envs.token_ids import token_id_lists
+from envs.ragged import token_id_lists
 from pure_rl.credit import valid_steps_from_done
 
 __all__ = ["build_token_batch", "step_sums", "token_advantages", "valid_step_mask"]

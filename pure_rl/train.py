@@ -1,9 +1,10 @@
 """PURE training: ``python -m pure_rl.train --config configs/NAME.yaml [--run-dir DIR] [--resume DIR] [k=v ...]``.
 
-One iteration, top to bottom: roll out a grouped batch of episodes (policy + step-level env) -> token batch
--> reference log-probs (KL) -> value estimator (min-form or sum-form credit, RLOO baselines) -> token-level
-PPO-clip with gradient accumulation -> optimiser step -> weight sync to the generation engine -> metrics,
-samples, evaluation, checkpoint. Every hyperparameter is in the config (``--print-config`` lists them).
+One iteration, top to bottom: a TorchRL collector rolls out a grouped batch of episodes (policy + step-level
+env) -> token batch -> reference log-probs (KL) -> value estimator (min-form or sum-form credit, RLOO
+baselines) -> token-level PPO-clip with gradient accumulation -> optimiser step -> weight sync to the
+generation engine -> metrics, samples, evaluation, checkpoint. Every hyperparameter is in the config
+(``--print-config`` lists them).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     from pure_rl.loss import StepTokenPPOLoss
     from pure_rl.metrics import rollout_metrics
     from pure_rl.plots import plot_run, read_metrics, truncate_metrics
-    from pure_rl.rollout import collect
+    from pure_rl.rollout import make_collector
     from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +154,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         truncate_metrics(scalars_dir, start)  # rows after the checkpoint are logged again
         policy.sync_weights()
         print(f"resumed {run_dir} after iteration {start}")
+
+    # A TorchRL collector: one grouped batch of fresh episodes per step of its iterator (built after a resume, at
+    # the restored data position).
+    collector = make_collector(env, policy, cfg.policy.rollout_mode)
+    batches = iter(collector)
 
     def checkpoint(done_iterations: int) -> None:
         envs_state = {"train": env.state_dict()}
@@ -218,7 +224,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         t0 = time.perf_counter()
         env.reward_seconds = 0.0
         with torch.no_grad():
-            traj = collect(env, policy, cfg.policy.rollout_mode)
+            traj = next(batches)
         rollout_s = time.perf_counter() - t0
         reward_s = env.reward_seconds
 
@@ -305,6 +311,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             print(f"stopped after iteration {step}; resume with: python -m pure_rl.train --resume {run_dir}")
             break
     progress.close()
+    collector.shutdown()
     signal.signal(signal.SIGINT, previous_handler)
 
     # --- artefacts: plot and summary ----------------------------------------------------------------------

@@ -12,8 +12,8 @@ from agents import make_policy, make_reference_model
 from agents.generation import TransformersBackend
 from agents.models import ModelNotAvailableError, resolve_model_dir
 from envs import make_env
+from envs.ragged import token_id_lists
 from envs.steps import split_token_steps
-from envs.token_ids import token_id_lists
 from pure_rl.config import load_config
 from pure_rl.rollout import collect
 

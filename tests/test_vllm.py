@@ -50,7 +50,7 @@ def vllm_policy(warm_tiny_path):
 
 def test_vllm_step_and_whole_response_rollouts_are_identical(vllm_policy):
     from envs import make_env
-    from envs.token_ids import token_id_lists
+    from envs.ragged import token_id_lists
     from pure_rl.rollout import collect
 
     cfg, policy = vllm_policy
@@ -103,3 +103,21 @@ def test_vllm_weight_sync_makes_the_engine_follow_the_trained_model(vllm_policy)
     finally:
         model.load_state_dict(original)
         policy.sync_weights()
+
+
+def test_vllm_samples_of_one_prompt_differ_and_respect_each_budget(vllm_policy):
+    # One SamplingParams per wrapper call: rows must still sample independently (the engine's generator, not
+    # one shared seed), and a row with a smaller budget is cut to it.
+    cfg, policy = vllm_policy
+    backend = policy.backend
+    prompt = policy.prompt_ids(cfg.env.prompt_template.format(question="Tom has 3 apples. How many?"))
+    backend.temperature = 1.0
+    try:
+        gens = backend.generate([prompt] * 6, [40, 40, 40, 40, 40, 3], stop_at_step=False)
+    finally:
+        backend.temperature = 0.0
+    assert len({tuple(g.token_ids) for g in gens[:5]}) > 1
+    assert len(gens[5].token_ids) <= 3
+    assert gens[5].finish in ("length", "eos")
+    if len(gens[5].token_ids) == 3 and gens[5].token_ids[-1] not in backend.eos_token_ids:
+        assert gens[5].finish == "length"
