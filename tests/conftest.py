@@ -34,3 +34,26 @@ def warm_tiny_path(tmp_path_factory, tiny_model_path):
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def greedy_cfg(warm_tiny_path):
+    """Config factory: the tiny config on the warmed-up model, greedy, 3 prompts x 2 samples, up to 8 steps and
+    80 tokens, plus any dotted overrides passed."""
+    from pure_rl.config import load_config
+
+    def make(*extra: str):
+        return load_config(
+            "configs/tiny.yaml",
+            [
+                f"policy.model={warm_tiny_path}",
+                "policy.temperature=0",
+                "env.max_tokens=80",
+                "env.max_steps=8",
+                "train.prompts_per_iter=3",
+                "train.samples_per_prompt=2",
+                *extra,
+            ],
+        )
+
+    return make

@@ -14,23 +14,7 @@ from agents.models import ModelNotAvailableError, resolve_model_dir
 from envs import make_env
 from envs.ragged import token_id_lists
 from envs.steps import split_token_steps
-from pure_rl.config import load_config
 from pure_rl.rollout import collect
-
-
-def greedy_cfg(model_path, *extra):
-    return load_config(
-        "configs/tiny.yaml",
-        [
-            f"policy.model={model_path}",
-            "policy.temperature=0",
-            "env.max_tokens=80",
-            "env.max_steps=8",
-            "train.prompts_per_iter=3",
-            "train.samples_per_prompt=2",
-            *extra,
-        ],
-    )
 
 
 def test_resolve_model_dir(tmp_path, monkeypatch):
@@ -84,8 +68,8 @@ def test_step_generation_stops_at_the_separator_like_segmentation(warm_tiny_path
     assert got == expected_steps
 
 
-def test_sampling_is_seeded(warm_tiny_path):
-    cfg = greedy_cfg(warm_tiny_path, "policy.temperature=1.0")
+def test_sampling_is_seeded(greedy_cfg):
+    cfg = greedy_cfg("policy.temperature=1.0")
     runs = []
     for _ in range(2):
         env, policy = make_env(cfg), make_policy(cfg)
@@ -96,8 +80,8 @@ def test_sampling_is_seeded(warm_tiny_path):
 
 
 @pytest.mark.parametrize("chat", ["false", "true"])
-def test_step_and_whole_response_rollouts_are_identical(warm_tiny_path, chat):
-    cfg = greedy_cfg(warm_tiny_path, f"env.use_chat_template={chat}")
+def test_step_and_whole_response_rollouts_are_identical(greedy_cfg, chat):
+    cfg = greedy_cfg(f"env.use_chat_template={chat}")
     policy = make_policy(cfg)
     out = {}
     for mode in ("step", "response"):
@@ -120,8 +104,8 @@ def test_step_and_whole_response_rollouts_are_identical(warm_tiny_path, chat):
     assert a.shape[1] >= 2  # several steps: the comparison means something
 
 
-def test_policy_skips_finished_episodes(warm_tiny_path):
-    cfg = greedy_cfg(warm_tiny_path)
+def test_policy_skips_finished_episodes(greedy_cfg):
+    cfg = greedy_cfg()
     env, policy = make_env(cfg), make_policy(cfg)
     td = env.reset()
     td.set("done", torch.tensor([[True], [False], [True], [False], [True], [False]]))
@@ -131,8 +115,8 @@ def test_policy_skips_finished_episodes(warm_tiny_path):
     assert out["step_eos"][0] and out.get("step_text").tolist()[0] == ""
 
 
-def test_reference_model_is_frozen_copy(warm_tiny_path):
-    cfg = greedy_cfg(warm_tiny_path)
+def test_reference_model_is_frozen_copy(greedy_cfg):
+    cfg = greedy_cfg()
     policy = make_policy(cfg)
     ref = make_reference_model(policy.model)
     assert all(not p.requires_grad for p in ref.parameters())
@@ -141,7 +125,7 @@ def test_reference_model_is_frozen_copy(warm_tiny_path):
     assert not torch.equal(next(policy.model.parameters()), next(ref.parameters()))
 
 
-def test_vllm_backend_missing_is_loud(monkeypatch, warm_tiny_path):
+def test_vllm_backend_missing_is_loud(monkeypatch, greedy_cfg):
     import builtins
 
     real_import = builtins.__import__
@@ -152,7 +136,7 @@ def test_vllm_backend_missing_is_loud(monkeypatch, warm_tiny_path):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_vllm)
-    cfg = greedy_cfg(warm_tiny_path, "policy.backend=vllm")
+    cfg = greedy_cfg("policy.backend=vllm")
     with pytest.raises(ImportError, match="pure-rl never falls back silently"):
         make_policy(cfg)
 

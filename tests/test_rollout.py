@@ -9,28 +9,12 @@ from torchrl.collectors import Collector
 from agents import make_policy
 from envs import make_env
 from envs.ragged import token_id_lists
-from pure_rl.config import load_config
 from pure_rl.rollout import collect, make_collector
 
 
-def greedy_cfg(model_path, *extra):
-    return load_config(
-        "configs/tiny.yaml",
-        [
-            f"policy.model={model_path}",
-            "policy.temperature=0",
-            "env.max_tokens=80",
-            "env.max_steps=6",
-            "train.prompts_per_iter=3",
-            "train.samples_per_prompt=2",
-            *extra,
-        ],
-    )
-
-
 @pytest.mark.parametrize("mode", ["step", "response"])
-def test_collector_batch_equals_a_rollout_of_the_same_episodes(warm_tiny_path, mode):
-    cfg = greedy_cfg(warm_tiny_path)
+def test_collector_batch_equals_a_rollout_of_the_same_episodes(greedy_cfg, mode):
+    cfg = greedy_cfg()
     policy = make_policy(cfg)
     ref = collect(make_env(cfg), policy, mode)  # EnvBase.rollout, cut at the longest episode
     env = make_env(cfg)
@@ -54,9 +38,9 @@ def test_collector_batch_equals_a_rollout_of_the_same_episodes(warm_tiny_path, m
     assert q2[0::2] == q2[1::2]  # samples of one prompt stay together (group size 2)
 
 
-def test_restart_groups_resets_only_whole_finished_groups(warm_tiny_path):
+def test_restart_groups_resets_only_whole_finished_groups(greedy_cfg):
     # Continuous collection (restart_groups=True): a group gets a new question only once all its episodes ended.
-    cfg = greedy_cfg(warm_tiny_path, "env.max_steps=3")
+    cfg = greedy_cfg("env.max_steps=3")
     env = make_env(cfg)
     env.restart_groups = True
     collector = Collector(
@@ -84,8 +68,8 @@ def test_restart_groups_resets_only_whole_finished_groups(warm_tiny_path):
         assert torch.equal(restarted, group_done)
 
 
-def test_make_collector_refuses_an_env_that_restarts_groups(warm_tiny_path):
-    cfg = greedy_cfg(warm_tiny_path)
+def test_make_collector_refuses_an_env_that_restarts_groups(greedy_cfg):
+    cfg = greedy_cfg()
     env = make_env(cfg)
     env.restart_groups = True
     with pytest.raises(ValueError, match="restart_groups=False"):
