@@ -12,6 +12,7 @@ with ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Sequence
@@ -89,6 +90,8 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
             kwargs["block_size"] = 32  # prefix caching reuses whole blocks; 32 is the CPU kernel's smallest
         self.llm = vllm.LLM(**kwargs)
+        # TorchRL's wrapper calls generate() with vLLM's default progress bar on: one bar per env step is noise.
+        self.llm.generate = functools.partial(self.llm.generate, use_tqdm=False)
         self._vllm_wrapper = None
 
     def _wrapper(self):
