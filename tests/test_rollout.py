@@ -9,7 +9,7 @@ from torchrl.collectors import Collector
 from agents import make_policy
 from envs import make_env
 from envs.ragged import token_id_lists
-from pure_rl.rollout import collect, make_collector
+from pure_rl.rollout import WholeResponseActor, collect, make_collector
 
 
 @pytest.mark.parametrize("mode", ["step", "response"])
@@ -38,14 +38,15 @@ def test_collector_batch_equals_a_rollout_of_the_same_episodes(greedy_cfg, mode)
     assert q2[0::2] == q2[1::2]  # samples of one prompt stay together (group size 2)
 
 
-def test_restart_groups_resets_only_whole_finished_groups(greedy_cfg):
-    # Continuous collection (restart_groups=True): a group gets a new question only once all its episodes ended.
-    cfg = greedy_cfg("env.max_steps=3")
+def restarting_batch(cfg, mode):
+    """One 12-step batch of a plain TorchRL Collector over an env with restart_groups=True."""
     env = make_env(cfg)
     env.restart_groups = True
+    policy = make_policy(cfg)
+    actor = policy if mode == "step" else WholeResponseActor(policy, env)
     collector = Collector(
         env,
-        make_policy(cfg),
+        actor,
         frames_per_batch=6 * 12,
         total_frames=-1,
         trust_policy=True,
@@ -54,6 +55,13 @@ def test_restart_groups_resets_only_whole_finished_groups(greedy_cfg):
     )
     batch = collector.next()
     collector.shutdown()
+    return batch
+
+
+def test_restart_groups_resets_only_whole_finished_groups(greedy_cfg):
+    # Continuous collection (restart_groups=True): a group gets a new question only once all its episodes ended.
+    cfg = greedy_cfg("env.max_steps=3")
+    batch = restarting_batch(cfg, "step")
     questions = batch.get("question").tolist()
     group_ids = batch.get("group_id")
     assert group_ids.unique().numel() > 3, "groups should have restarted within 12 steps of 3-step episodes"
@@ -66,6 +74,10 @@ def test_restart_groups_resets_only_whole_finished_groups(greedy_cfg):
         group_done = done[:, t].view(3, 2).all(-1).repeat_interleave(2)
         restarted = batch.get("step_count")[:, t + 1] == 0
         assert torch.equal(restarted, group_done)
+    # The response mode regenerates only the restarted rows, and (greedy) writes the same steps.
+    response = restarting_batch(cfg, "response")
+    assert token_id_lists(response.get("step_token_ids")) == token_id_lists(batch.get("step_token_ids"))
+    torch.testing.assert_close(response[("next", "reward")], batch[("next", "reward")])
 
 
 def test_make_collector_refuses_an_env_that_restarts_groups(greedy_cfg):
