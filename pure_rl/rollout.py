@@ -16,25 +16,27 @@ interruptor ends the batch once every episode is done. :func:`collect` runs the 
 from __future__ import annotations
 
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 
 from envs.reasoning_env import ResponseScript
 
 __all__ = ["StopWhenAllDone", "WholeResponseActor", "collect", "make_collector"]
 
 
-class WholeResponseActor:
+class WholeResponseActor(TensorDictModuleBase):
     """The ``"response"`` rollout mode as a policy: when rows start an episode (``step_count`` 0, not done) it
     generates their whole responses with the policy's engine (stopping only at EOS or the token budget), then
     writes one step per call, split by the rule step-by-step generation stops at (:class:`ResponseScript`)."""
 
     def __init__(self, policy, env):
+        super().__init__()
         self.policy = policy
         self.in_keys = ["prompt", "step_count", "done"]
         self.out_keys = list(policy.out_keys)  # a collector reads these instead of probing the policy
         n = env.batch_size[0]
         self.script = ResponseScript([[]] * n, policy.tokenizer, env.separator, policy.eos_token_ids, env.max_tokens)
 
-    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
         steps = td.get("step_count").reshape(-1).tolist()
         done = td.get("done").reshape(-1).tolist()
         fresh = [i for i, (k, d) in enumerate(zip(steps, done)) if k == 0 and not d]
@@ -91,15 +93,10 @@ def make_collector(env, policy, mode: str = "step"):
 
 
 def collect(env, policy, mode: str = "step") -> TensorDictBase:
-    """One batch of episodes with ``EnvBase.rollout``: a tensordict ``[B, K]`` (``K`` = the longest episode's
-    steps). Steps after an episode's end repeat its last entry with ``done`` set; value estimators mask them."""
-    if mode == "step":
-        return env.rollout(env.max_steps, policy, break_when_any_done=False, break_when_all_done=True)
-    if mode == "response":
-        start = env.reset()
-        responses = policy.generate_responses(start)
-        return env.rollout_responses(responses, policy.tokenizer, policy.eos_token_ids, tensordict=start)
-    raise ValueError(f"rollout mode must be 'step' or 'response', got {mode!r}")
+    """One batch of episodes with ``EnvBase.rollout`` and the same actor a collector uses: a tensordict
+    ``[B, K]`` (``K`` = the longest episode's steps). Steps after an episode's end repeat its last entry with
+    ``done`` set; value estimators mask them."""
+    return env.rollout(env.max_steps, _actor(env, policy, mode), break_when_any_done=False, break_when_all_done=True)
 
 
 def _actor(env, policy, mode: str):
