@@ -158,6 +158,7 @@ def make_policy(cfg, eos_token_ids: Sequence[int] | None = None) -> ReasoningPol
             dtype=pc.dtype,
             gpu_memory_utilization=pc.gpu_memory_utilization,
             max_model_len=pc.max_model_len,
+            block_size=pc.vllm_block_size,
             **sampling,
         )
     else:

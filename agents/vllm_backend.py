@@ -41,6 +41,10 @@ class VLLMBackend:
         max_model_len: prompt + response tokens.
         gpu_memory_utilization: GPU only.
         kv_cache_gib: CPU only, ``VLLM_CPU_KVCACHE_SPACE``.
+        block_size: KV-cache block (tokens). Prefix caching reuses whole blocks, so small blocks suit step
+            generation (each step re-sends the response so far); 32 is the CPU kernel's smallest.
+        max_num_batched_tokens: tokens the scheduler packs into one engine step (prefill chunking); None: vLLM's
+            default (4096 on CPU).
     """
 
     def __init__(
@@ -56,6 +60,8 @@ class VLLMBackend:
         max_model_len: int = 2048,
         gpu_memory_utilization: float = 0.5,
         kv_cache_gib: int = 4,
+        block_size: int = 32,
+        max_num_batched_tokens: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
     ):
         try:
@@ -80,15 +86,17 @@ class VLLMBackend:
             seed=seed,
             max_model_len=max_model_len,
             enable_prefix_caching=True,
+            block_size=block_size,
             worker_extension_cls="agents.vllm_sync.WeightSyncExtension",
         )
+        if max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = max_num_batched_tokens
         if on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
             # Binding OpenMP threads to the cores nearly doubles CPU throughput (DESIGN.md).
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
-            kwargs["block_size"] = 32  # prefix caching reuses whole blocks; 32 is the CPU kernel's smallest
         self.llm = vllm.LLM(**kwargs)
         # TorchRL's wrapper calls generate() with vLLM's default progress bar on: one bar per env step is noise.
         self.llm.generate = functools.partial(self.llm.generate, use_tqdm=False)

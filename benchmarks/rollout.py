@@ -7,7 +7,7 @@ each sequence's EOS (plain ``generate`` keeps computing rows that already stoppe
 The roofline is 2 x parameters FLOPs per token over the FLOP/s of a large fp32 matmul measured here.
 
 Run: ``python benchmarks/rollout.py [--prompts 32] [--samples 4] [--max-new-tokens 256] [--skip-vllm]
-[--skip-hf] [--skip-transformers]``.
+[--skip-hf] [--skip-transformers] [--vllm-block-size 32 128] [--vllm-max-batched-tokens N]``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def main() -> None:
     parser.add_argument("--skip-vllm", action="store_true", help="leave out the vLLM path")
     parser.add_argument("--skip-hf", action="store_true", help="leave out plain HF generate")
     parser.add_argument("--skip-transformers", action="store_true", help="leave out pure-rl's transformers path")
+    parser.add_argument(
+        "--vllm-block-size", type=int, nargs="+", default=[32], help="KV block sizes to time (one engine each)"
+    )
+    parser.add_argument(
+        "--vllm-max-batched-tokens", type=int, default=None, help="vLLM max_num_batched_tokens (default: vLLM's)"
+    )
     args = parser.parse_args()
 
     from agents import make_policy
@@ -123,27 +129,33 @@ def main() -> None:
         from agents.models import resolve_model_dir
         from agents.vllm_backend import VLLMBackend
 
-        t0 = time.perf_counter()
-        vb = VLLMBackend(
-            resolve_model_dir(cfg.policy.model),
-            tok,
-            temperature=args.temperature,
-            seed=0,
-            dtype="float32",
-            max_model_len=1024,
-            eos_token_ids=list(eos),
-        )
-        start = time.perf_counter() - t0
-        vb.generate(prompts[:4], [8] * 4, stop_at_step=False)  # warm-up
-        t0 = time.perf_counter()
-        gens = vb.generate(prompts, [args.max_new_tokens] * len(prompts), stop_at_step=False)
-        seconds = time.perf_counter() - t0
-        report(
-            f"pure-rl vLLM-CPU, vLLMWrapper (bind {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}, start {start:.0f}s)",
-            useful_tokens([g.token_ids for g in gens], eos),
-            seconds,
-        )
-        vb.shutdown()
+        for block_size in args.vllm_block_size:
+            t0 = time.perf_counter()
+            vb = VLLMBackend(
+                resolve_model_dir(cfg.policy.model),
+                tok,
+                temperature=args.temperature,
+                seed=0,
+                dtype="float32",
+                max_model_len=1024,
+                eos_token_ids=list(eos),
+                block_size=block_size,
+                max_num_batched_tokens=args.vllm_max_batched_tokens,
+            )
+            start = time.perf_counter() - t0
+            vb.generate(prompts[:4], [8] * 4, stop_at_step=False)  # warm-up
+            t0 = time.perf_counter()
+            gens = vb.generate(prompts, [args.max_new_tokens] * len(prompts), stop_at_step=False)
+            seconds = time.perf_counter() - t0
+            engine = vb.llm.llm_engine.vllm_config
+            report(
+                f"pure-rl vLLM-CPU, vLLMWrapper (bind {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}, "
+                f"block {engine.cache_config.block_size}, batched tokens "
+                f"{engine.scheduler_config.max_num_batched_tokens}, start {start:.0f}s)",
+                useful_tokens([g.token_ids for g in gens], eos),
+                seconds,
+            )
+            vb.shutdown()
 
 
 if __name__ == "__main__":

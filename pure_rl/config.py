@@ -164,6 +164,12 @@ class PolicyConfig:
     temperature: float = opt(0.7, "sampling temperature for rollouts", check=_non_negative, allowed=">= 0")
     top_p: float = opt(1.0, "nucleus sampling mass", check=lambda v: 0 < v <= 1, allowed="in (0, 1]")
     max_model_len: int = opt(2048, "vllm: prompt + response tokens the engine holds", check=_positive, allowed="> 0")
+    vllm_block_size: int = opt(
+        32,
+        "vllm: KV-cache block in tokens; prefix caching reuses whole blocks, so small blocks suit step mode",
+        check=lambda v: v > 0 and v % 16 == 0,
+        allowed="a positive multiple of 16 (32 or more on CPU)",
+    )
     gpu_memory_utilization: float = opt(
         0.5, "vllm: share of GPU memory for the engine", check=lambda v: 0 < v <= 1, allowed="in (0, 1]"
     )

@@ -54,6 +54,7 @@ def test_int_accepted_for_float():
         ("train.iterations=1.5", r"train\.iterations: expected int"),
         ("train.iterations=true", r"train\.iterations: expected int"),
         ("algo.whiten=maybe", r"algo\.whiten: expected bool"),
+        ("policy.vllm_block_size=24", r"policy\.vllm_block_size=24 .*multiple of 16"),
         ("train.samples_per_prompt=1", r"train\.samples_per_prompt=1.*needs >= 2"),
         ("env.task=jsonl", r"env\.dataset is required"),
         ("env.prompt_template=hello", r"env\.prompt_template.*\{question\}"),
