@@ -20,7 +20,7 @@ from tensordict.nn import TensorDictModuleBase
 
 from envs.reasoning_env import ResponseScript
 
-__all__ = ["StopWhenAllDone", "WholeResponseActor", "collect", "make_collector"]
+__all__ = ["StopWhenAllDone", "WholeResponseActor", "collect", "make_collector", "rollout_actor"]
 
 
 class WholeResponseActor(TensorDictModuleBase):
@@ -69,7 +69,7 @@ def make_collector(env, policy, mode: str = "step"):
 
     if env.restart_groups:
         raise ValueError("make_collector needs an env with restart_groups=False (one episode per row per batch)")
-    actor = _actor(env, policy, mode)
+    actor = rollout_actor(env, policy, mode)
     position = env.state_dict()
     collector = Collector(
         env,
@@ -96,10 +96,14 @@ def collect(env, policy, mode: str = "step") -> TensorDictBase:
     """One batch of episodes with ``EnvBase.rollout`` and the same actor a collector uses: a tensordict
     ``[B, K]`` (``K`` = the longest episode's steps). Steps after an episode's end repeat its last entry with
     ``done`` set; value estimators mask them."""
-    return env.rollout(env.max_steps, _actor(env, policy, mode), break_when_any_done=False, break_when_all_done=True)
+    return env.rollout(
+        env.max_steps, rollout_actor(env, policy, mode), break_when_any_done=False, break_when_all_done=True
+    )
 
 
-def _actor(env, policy, mode: str):
+def rollout_actor(env, policy, mode: str) -> TensorDictModuleBase:
+    """The policy module that drives ``env`` in rollout ``mode``: the policy itself (``"step"``) or a
+    :class:`WholeResponseActor` over it (``"response"``). For building your own collector around ``env``."""
     if mode == "step":
         return policy
     if mode == "response":

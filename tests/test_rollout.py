@@ -9,7 +9,7 @@ from torchrl.collectors import Collector
 from agents import make_policy
 from envs import make_env
 from envs.ragged import token_id_lists
-from pure_rl.rollout import WholeResponseActor, collect, make_collector
+from pure_rl.rollout import collect, make_collector, rollout_actor
 
 
 @pytest.mark.parametrize("mode", ["step", "response"])
@@ -42,11 +42,9 @@ def restarting_batch(cfg, mode):
     """One 12-step batch of a plain TorchRL Collector over an env with restart_groups=True."""
     env = make_env(cfg)
     env.restart_groups = True
-    policy = make_policy(cfg)
-    actor = policy if mode == "step" else WholeResponseActor(policy, env)
     collector = Collector(
         env,
-        actor,
+        rollout_actor(env, make_policy(cfg), mode),
         frames_per_batch=6 * 12,
         total_frames=-1,
         trust_policy=True,
