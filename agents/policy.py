@@ -138,10 +138,13 @@ def make_reference_model(model: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
-def make_policy(cfg, eos_token_ids: Sequence[int] | None = None) -> ReasoningPolicy:
-    """The configured policy: model, tokenizer and backend from ``cfg.policy``; budgets from ``cfg.env``."""
+def make_policy(cfg, eos_token_ids: Sequence[int] | None = None, model_name: str | None = None) -> ReasoningPolicy:
+    """The configured policy: model, tokenizer and backend from ``cfg.policy``; budgets from ``cfg.env``.
+
+    ``model_name`` replaces ``cfg.policy.model`` (e.g. the warmed-up folder of :func:`pure_rl.warmup.warmed_up_model`).
+    """
     pc = cfg.policy
-    model, tokenizer, path = load_model_and_tokenizer(pc.model, pc.dtype, pc.device)
+    model, tokenizer, path = load_model_and_tokenizer(model_name or pc.model, pc.dtype, pc.device)
     sampling = dict(
         separator=cfg.env.step_separator,
         temperature=pc.temperature,

@@ -1,7 +1,7 @@
 """The run config: typed dataclasses loaded from YAML, with dotted CLI overrides and validation.
 
-Every hyperparameter lives here with its default and a one-line help (``field(metadata=...)``), in five
-sections: ``env``, ``policy``, ``algo``, ``train``, ``log``. ``load_config(path, overrides)`` reads a YAML
+Every hyperparameter lives here with its default and a one-line help (``field(metadata=...)``), in six
+sections: ``env``, ``policy``, ``warmup``, ``algo``, ``train``, ``log``. ``load_config(path, overrides)`` reads a YAML
 file, applies overrides such as ``algo.temperature=0.05`` and validates the result: an unknown key, a wrong
 type or an impossible value raises :class:`ConfigError` naming the key and what is allowed, before any
 model loads.
@@ -29,6 +29,7 @@ __all__ = [
     "PolicyConfig",
     "RunConfig",
     "TrainConfig",
+    "WarmupConfig",
     "config_to_dict",
     "describe",
     "load_config",
@@ -176,6 +177,22 @@ class PolicyConfig:
 
 
 @dataclass
+class WarmupConfig:
+    """Optional supervised warm-up of ``policy.model`` on the task's reference solutions before RL.
+
+    It teaches the answer format (steps, ``\\boxed{}``, EOS) so that the verifier has signal from the first
+    iteration. The warmed-up model is cached by these keys, the model, the task and the prompt, like the
+    embedded model's conversion: built once, reused by every later run and by ``--resume``.
+    """
+
+    steps: int = opt(
+        0, "supervised steps before RL (0: none); the result is cached", check=_non_negative, allowed=">= 0"
+    )
+    batch_size: int = opt(8, "reference solutions per warm-up step", check=_positive, allowed="> 0")
+    lr: float = opt(1e-5, "warm-up AdamW learning rate", check=_positive, allowed="> 0")
+
+
+@dataclass
 class AlgoConfig:
     """Credit assignment and the PPO objective (spec sections 3, 5, 6)."""
 
@@ -241,6 +258,7 @@ class RunConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -349,7 +367,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     """Load a run config from YAML (or the defaults when ``path`` is None), apply dotted overrides, validate.
 
     Args:
-        path: YAML file with any of the sections ``env``, ``policy``, ``algo``, ``train``, ``log``, and
+        path: YAML file with any of the sections ``env``, ``policy``, ``warmup``, ``algo``, ``train``, ``log``, and
             optionally ``base: other.yaml`` (relative to this file): that config first, this file's keys over it.
         overrides: strings ``section.key=value``; values are parsed as YAML.
 

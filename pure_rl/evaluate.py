@@ -1,7 +1,8 @@
 """Greedy evaluation on held-out problems: ``python -m pure_rl.evaluate --config X [--run-dir RUN] [k=v ...]``.
 
 Accuracy is the verifier's (last ``\\boxed{}`` against the reference), with greedy decoding, one sample per
-problem. With ``--run-dir`` the policy weights come from that run's checkpoint.
+problem. With ``--run-dir`` the policy weights come from that run's checkpoint; without it, from the config's
+starting model (after its ``warmup`` section, if any: the cached warmed-up model).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pure_rl.checkpoint import load_checkpoint
     from pure_rl.config import ConfigError, load_config
     from pure_rl.train import DEFAULT_CONFIG
+    from pure_rl.warmup import warmed_up_model
 
     p = argparse.ArgumentParser(prog="python -m pure_rl.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="YAML run config (default: the run's, else configs/default.yaml)")
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(config, args.overrides)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    policy = make_policy(cfg)
+    # A run's checkpoint replaces the weights, so only a config's own starting point needs its warm-up.
+    policy = make_policy(cfg, model_name=None if args.run_dir else warmed_up_model(cfg))
     if args.run_dir:
         policy.model.load_state_dict(load_checkpoint(args.run_dir)["model"])
         policy.sync_weights()

@@ -94,6 +94,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     from pure_rl.plots import plot_run, read_metrics, truncate_metrics
     from pure_rl.rollout import make_collector
     from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
+    from pure_rl.warmup import warmed_up_model
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -104,7 +105,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     # --- environment, policy, loss, optimiser -------------------------------------------------------------
     env = make_env(cfg)
     eval_env = make_env(cfg, split="eval", prm=env.prm) if cfg.train.eval_every else None
-    policy = make_policy(cfg)
+    # RL starts from the warmed-up model when cfg.warmup asks for one (cached after the first run); the
+    # reference policy of the KL term is that same starting point.
+    start_model = warmed_up_model(cfg)
+    policy = make_policy(cfg, model_name=start_model)
     model, tokenizer = policy.model, policy.tokenizer
     reference = make_reference_model(model) if cfg.algo.kl_coef > 0 else None
     loss_module = StepTokenPPOLoss(
@@ -210,7 +214,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         return completes_step(tokenizer.decode(ids[-4:], skip_special_tokens=False), cfg.env.step_separator)
 
     print(
-        f"setup {time.perf_counter() - t_setup:.1f}s: {cfg.policy.model} ({cfg.policy.backend}), "
+        f"setup {time.perf_counter() - t_setup:.1f}s: {start_model} ({cfg.policy.backend}), "
         f"{cfg.algo.estimator} credit, {cfg.env.reward_mode}, {env.batch_size[0]} episodes per iteration "
         f"({cfg.train.prompts_per_iter} prompts x {cfg.train.samples_per_prompt}) -> {run_dir}"
     )
@@ -317,6 +321,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     # --- artefacts: plot and summary ----------------------------------------------------------------------
     # From the logs, not `history`: a resumed run's summary covers the iterations before the resume too.
     summary = summarize(read_metrics(scalars_dir) if scalars_dir.is_dir() else history, cfg, run_dir)
+    summary["start_model"] = start_model
     if scalars_dir.is_dir():
         plot_run(
             scalars_dir,
@@ -345,8 +350,12 @@ def print_sample(traj, step: int) -> None:
 
 def summarize(history: list[dict], cfg: RunConfig, run_dir: Path) -> dict:
     def first_last(key: str) -> dict:
+        # One iteration's batch is small and noisy: the means of the first and last five say more.
         values = [h[key] for h in history if key in h]
-        return {"first": values[0], "last": values[-1], "best": max(values)} if values else {}
+        if not values:
+            return {}
+        ends = {"mean_first_5": float(np.mean(values[:5])), "mean_last_5": float(np.mean(values[-5:]))}
+        return {"first": values[0], "last": values[-1], "best": max(values), **ends}
 
     timing = {
         k: float(np.mean([h[k] for h in history]))
@@ -373,7 +382,10 @@ def format_summary(summary: dict) -> str:
     for key in ("accuracy", "eval_accuracy", "steps_per_response", "response_tokens", "prm_reward_mean"):
         v = summary.get(key) or {}
         if v:
-            lines.append(f"  {key:<20} first {v['first']:.3f}  last {v['last']:.3f}  best {v['best']:.3f}")
+            lines.append(
+                f"  {key:<20} first {v['first']:.3f}  last {v['last']:.3f}  best {v['best']:.3f}  "
+                f"(mean of first 5 {v['mean_first_5']:.3f}, last 5 {v['mean_last_5']:.3f})"
+            )
     t = summary.get("seconds_per_iteration", {})
     if t:
         lines.append("  seconds/iteration    " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))

@@ -55,6 +55,8 @@ def test_int_accepted_for_float():
         ("train.iterations=true", r"train\.iterations: expected int"),
         ("algo.whiten=maybe", r"algo\.whiten: expected bool"),
         ("policy.vllm_block_size=24", r"policy\.vllm_block_size=24 .*multiple of 16"),
+        ("warmup.steps=-1", r"warmup\.steps=-1 .*>= 0"),
+        ("warmup.lr=0", r"warmup\.lr=0\.0 .*> 0"),
         ("train.samples_per_prompt=1", r"train\.samples_per_prompt=1.*needs >= 2"),
         ("env.task=jsonl", r"env\.dataset is required"),
         ("env.prompt_template=hello", r"env\.prompt_template.*\{question\}"),

@@ -72,6 +72,8 @@ def test_two_iterations_train_and_write_artefacts(tmp_path, warm_tiny_path, over
         # The rule PRM scores the warmed-up model's steps differently (right and wrong equations, filler): a signal.
         assert had_gradient and changed > 0, "the update must change the policy's parameters"
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 2
+    steps = [r["steps_per_response"] for r in rows]
+    assert summary["steps_per_response"]["mean_first_5"] == pytest.approx(sum(steps) / 2)
     assert summary["estimator"] == ("sum_form" if "algo.estimator=sum_form" in overrides else "min_form")
 
 
