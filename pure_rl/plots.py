@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-__all__ = ["PLOTTED", "plot_run", "read_metrics", "truncate_metrics"]
+import numpy as np
+
+__all__ = ["PLOTTED", "plot_run", "read_metrics", "smooth", "truncate_metrics"]
 
 PLOTTED = [
     ("accuracy", "verifier accuracy"),
@@ -43,8 +45,24 @@ def truncate_metrics(scalars_dir: str | Path, last_step: int) -> None:
             csv.writer(f).writerows(rows)
 
 
-def plot_run(scalars_dir: str | Path, out_png: str | Path, title: str = "") -> Path:
-    """Write a grid of the main curves; metrics absent from the run are skipped."""
+def smooth(values, window: int) -> np.ndarray:
+    """Trailing moving average (NaN-aware): point i averages iterations max(0, i - window + 1) .. i."""
+    values = np.asarray(values, dtype=float)
+    out = np.full(len(values), np.nan)
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        chunk = chunk[np.isfinite(chunk)]
+        if len(chunk):
+            out[i] = chunk.mean()
+    return out
+
+
+def plot_run(scalars_dir: str | Path, out_png: str | Path, title: str = "", window: int = 5) -> Path:
+    """Write a grid of the main curves; metrics absent from the run are skipped.
+
+    Curves with more than ``2 * window`` points also get a trailing ``window``-iteration mean: one iteration's
+    batch is small, so its accuracy alone moves by tens of points.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +78,12 @@ def plot_run(scalars_dir: str | Path, out_png: str | Path, title: str = "") -> P
     for ax, (key, label) in zip(axes.flat, panels):
         points = [(r["iteration"], r[key]) for r in rows if key in r]
         ax.set_visible(True)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if len(points) < 30 else None)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        smoothed = window > 1 and len(points) > 2 * window
+        ax.plot(xs, ys, marker="o" if len(points) < 30 else None, alpha=0.4 if smoothed else 1.0, label="iteration")
+        if smoothed:
+            ax.plot(xs, smooth(ys, window), color="C0", linewidth=2, label=f"mean of last {window}")
+            ax.legend(fontsize="small")
         ax.set_title(label)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)

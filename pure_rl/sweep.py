@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from pure_rl.config import ConfigError, config_to_dict, load_config
+from pure_rl.plots import smooth
 
 __all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_sweep", "smooth"]
 
@@ -273,17 +274,6 @@ def machine_description() -> str:
 
 
 # --- results ---------------------------------------------------------------------------------------------
-
-
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average (NaN-aware): point i averages iterations max(0, i - window + 1) .. i."""
-    out = np.full(len(values), np.nan)
-    for i in range(len(values)):
-        chunk = values[max(0, i - window + 1) : i + 1]
-        chunk = chunk[np.isfinite(chunk)]
-        if len(chunk):
-            out[i] = chunk.mean()
-    return out
 
 
 def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]]) -> dict:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pure_rl.config import ConfigError, config_to_dict, load_config
-from pure_rl.sweep import comparison_table, load_spec, run_overrides, run_state, smooth
+from pure_rl.plots import smooth
+from pure_rl.sweep import comparison_table, load_spec, run_overrides, run_state
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "configs" / "sweeps"
@@ -126,3 +127,13 @@ def test_one_lucky_early_iteration_does_not_reach_the_reference():
     }
     assert comparison_table(series, reference="ref", window=5)["lucky"]["reaches_reference_at"] is None
     assert comparison_table(series, reference="ref", window=5)["ref"]["reaches_reference_at"] == 5
+
+
+def test_run_plot_of_a_long_run_overlays_the_trailing_mean(tmp_path):
+    from pure_rl.plots import plot_run
+
+    scalars = tmp_path / "scalars"
+    scalars.mkdir()
+    (scalars / "accuracy.csv").write_text("".join(f"{i},{(i % 3) / 2}\n" for i in range(1, 13)))
+    out = plot_run(scalars, tmp_path / "curves.png", window=5)
+    assert out.is_file() and out.stat().st_size > 0
