@@ -99,15 +99,16 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(cfg, run_dir / "config.yaml")
-    seed_everything(cfg.train.seed)
     t_setup = time.perf_counter()
+    # RL starts from the warmed-up model when cfg.warmup asks for one (cached after the first run); the
+    # reference policy of the KL term is that same starting point. Seeding comes after it, so a run that
+    # builds the warm-up and one that finds it cached draw the same random numbers.
+    start_model = warmed_up_model(cfg)
+    seed_everything(cfg.train.seed)
 
     # --- environment, policy, loss, optimiser -------------------------------------------------------------
     env = make_env(cfg)
     eval_env = make_env(cfg, split="eval", prm=env.prm) if cfg.train.eval_every else None
-    # RL starts from the warmed-up model when cfg.warmup asks for one (cached after the first run); the
-    # reference policy of the KL term is that same starting point.
-    start_model = warmed_up_model(cfg)
     policy = make_policy(cfg, model_name=start_model)
     model, tokenizer = policy.model, policy.tokenizer
     reference = make_reference_model(model) if cfg.algo.kl_coef > 0 else None

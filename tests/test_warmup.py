@@ -51,17 +51,29 @@ def test_warmup_is_built_once_then_reused(tmp_path, monkeypatch, tiny_model_path
 
 
 def test_training_starts_from_the_warmed_up_model(tmp_path, monkeypatch, tiny_model_path):
+    from pure_rl.plots import read_metrics
     from pure_rl.train import main
 
     monkeypatch.setenv("PURE_RL_CACHE", str(tmp_path / "cache"))
-    summary = main(
-        [
-            "--config", "configs/tiny.yaml", "--run-dir", str(tmp_path / "run"),
-            f"policy.model={tiny_model_path}", "warmup.steps=2", "warmup.batch_size=4", "train.iterations=1",
-        ]
-    )  # fmt: skip
+
+    def run(name: str) -> tuple[dict, list[dict]]:
+        summary = main(
+            [
+                "--config", "configs/tiny.yaml", "--run-dir", str(tmp_path / name),
+                f"policy.model={tiny_model_path}", "warmup.steps=2", "warmup.batch_size=4",
+            ]
+        )  # fmt: skip
+        return summary, read_metrics(tmp_path / name / "logs" / "scalars")
+
+    summary, built = run("first")  # builds the warm-up
     assert summary["start_model"].startswith(str(tmp_path / "cache" / "warmup"))
     assert summary["model"] == str(tiny_model_path)
+    # A run that finds the warm-up cached draws the same random numbers: same metrics.
+    _, cached = run("second")
+    timing = ("rollout_s", "reward_s", "update_s", "sync_s", "tokens_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in cached] == [
+        {k: v for k, v in r.items() if k not in timing} for r in built
+    ]
 
 
 class _NoSolutions:
