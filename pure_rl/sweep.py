@@ -35,7 +35,7 @@ import yaml
 from pure_rl.config import ConfigError, config_to_dict, load_config
 from pure_rl.plots import smooth
 
-__all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_sweep", "smooth"]
+__all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_sweep"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIGURE_PANELS = [

@@ -129,11 +129,17 @@ def test_one_lucky_early_iteration_does_not_reach_the_reference():
     assert comparison_table(series, reference="ref", window=5)["ref"]["reaches_reference_at"] == 5
 
 
-def test_run_plot_of_a_long_run_overlays_the_trailing_mean(tmp_path):
-    from pure_rl.plots import plot_run
+def test_run_plot_of_a_long_run_overlays_the_trailing_mean(tmp_path, monkeypatch):
+    import pure_rl.plots as plots
 
+    calls = []
+    monkeypatch.setattr(plots, "smooth", lambda values, window: calls.append(window) or smooth(values, window))
     scalars = tmp_path / "scalars"
     scalars.mkdir()
     (scalars / "accuracy.csv").write_text("".join(f"{i},{(i % 3) / 2}\n" for i in range(1, 13)))
-    out = plot_run(scalars, tmp_path / "curves.png", window=5)
+    out = plots.plot_run(scalars, tmp_path / "curves.png", window=5)
     assert out.is_file() and out.stat().st_size > 0
+    assert calls == [5]  # 12 points > 2 x 5: the mean is drawn
+    (scalars / "accuracy.csv").write_text("".join(f"{i},{(i % 3) / 2}\n" for i in range(1, 9)))
+    plots.plot_run(scalars, tmp_path / "short.png", window=5)
+    assert calls == [5]  # 8 points: raw curve only
