@@ -231,6 +231,11 @@ class TrainConfig:
         4, "sequences per forward/backward (gradient accumulation)", check=_positive, allowed="> 0"
     )
     ppo_epochs: int = opt(1, "optimisation passes over each rollout batch", check=_positive, allowed="> 0")
+    shared_prompt_pass: bool = opt(
+        True,
+        "log-prob passes run each group's shared prompt once (false: whole sequences, the old-policy and "
+        "reference passes through TorchRL's TransformersWrapper)",
+    )
     max_grad_norm: float = opt(1.0, "gradient norm clip", check=_positive, allowed="> 0")
     seed: int = opt(0, "random seed")
     checkpoint_every: int = opt(10, "iterations between checkpoints", check=_positive, allowed="> 0")

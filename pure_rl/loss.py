@@ -14,7 +14,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torchrl.objectives import ClipPPOLoss
 
-from agents.log_probs import token_log_probs
+from agents.log_probs import response_log_probs, token_log_probs
 from pure_rl.estimators import PureValueEstimators
 
 __all__ = ["PUREPPOLoss", "StepTokenPPOLoss"]
@@ -41,9 +41,10 @@ class StepTokenPPOLoss(PUREPPOLoss):
     selects ``"min_form"`` / ``"sum_form"`` by name, as in :class:`PUREPPOLoss`.
 
     ``forward`` takes a token batch (``input_ids``, ``attention_mask``, ``response_mask``, ``advantage``
-    ``[B, T]``, optionally ``old_log_prob`` and ``ref_log_prob``) and returns ``loss_objective``,
-    ``loss_entropy``, ``loss_kl`` and diagnostics. Without ``old_log_prob`` the batch is on-policy and the
-    ratio is exactly 1 (one PPO epoch).
+    ``[B, T]``, ``prompt_length`` ``[B]``, optionally ``old_log_prob`` and ``ref_log_prob``) and returns
+    ``loss_objective``, ``loss_entropy``, ``loss_kl`` and diagnostics. Without ``old_log_prob`` the batch is
+    on-policy and the ratio is exactly 1 (one PPO epoch). With ``shared_prompt_pass`` the forward pass runs each
+    group's shared prompt once (:func:`~agents.log_probs.response_log_probs`); otherwise whole sequences.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class StepTokenPPOLoss(PUREPPOLoss):
         entropy_coef: float = 0.0,
         kl_coef: float = 0.001,
         kl_estimator: str = "k1",
+        shared_prompt_pass: bool = True,
     ):
         if kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
@@ -63,11 +65,17 @@ class StepTokenPPOLoss(PUREPPOLoss):
         self.entropy_coef = entropy_coef
         self.kl_coef = kl_coef
         self.kl_estimator = kl_estimator
+        self.shared_prompt_pass = shared_prompt_pass
 
     def forward(self, tokens: TensorDictBase) -> TensorDict:
-        log_probs, entropy = token_log_probs(
-            self.model, tokens["input_ids"], tokens["attention_mask"], with_entropy=True
-        )
+        if self.shared_prompt_pass:
+            log_probs, entropy = response_log_probs(
+                self.model, tokens["input_ids"], tokens["attention_mask"], tokens["prompt_length"], with_entropy=True
+            )
+        else:
+            log_probs, entropy = token_log_probs(
+                self.model, tokens["input_ids"], tokens["attention_mask"], with_entropy=True
+            )
         device = log_probs.device
         mask = tokens["response_mask"].to(device).to(log_probs.dtype)
         n_tokens = mask.sum(-1).clamp(min=1)

@@ -84,7 +84,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     from tqdm import tqdm
 
     from agents import make_policy, make_reference_model
-    from agents.log_probs import token_log_probs
+    from agents.log_probs import response_log_probs, token_log_probs
     from envs import make_env
     from envs.steps import completes_step
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -118,6 +118,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         entropy_coef=cfg.algo.entropy_coef,
         kl_coef=cfg.algo.kl_coef,
         kl_estimator=cfg.algo.kl_estimator,
+        shared_prompt_pass=cfg.train.shared_prompt_pass,
     )
     uses_vr = cfg.env.reward_mode in ("prm+vr", "vr")
     estimator_kwargs = dict(
@@ -202,14 +203,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     @torch.no_grad()
     def batch_log_probs(net: torch.nn.Module, tokens) -> torch.Tensor:
         """Per-token log-probs of the whole token batch under ``net``, micro-batch by micro-batch."""
-        return torch.cat(
-            [
-                token_log_probs(net, tokens["input_ids"][mb], tokens["attention_mask"][mb], tokenizer=tokenizer)[
-                    0
-                ].cpu()
-                for mb in micro_batches(tokens.shape[0])
-            ]
-        )
+        parts = []
+        for mb in micro_batches(tokens.shape[0]):
+            ids, mask = tokens["input_ids"][mb], tokens["attention_mask"][mb]
+            if cfg.train.shared_prompt_pass:
+                parts.append(response_log_probs(net, ids, mask, tokens["prompt_length"][mb])[0].cpu())
+            else:
+                parts.append(token_log_probs(net, ids, mask, tokenizer=tokenizer)[0].cpu())
+        return torch.cat(parts)
 
     def separator_ended(ids: list[int]) -> bool:
         return completes_step(tokenizer.decode(ids[-4:], skip_special_tokens=False), cfg.env.step_separator)

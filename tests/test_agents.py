@@ -160,3 +160,45 @@ def test_log_probs_through_torchrl_wrapper_equal_the_direct_pass(warm_tiny_path)
     assert (via_torchrl[0, 1 : len(seqs[0])] < 0).all() and (via_torchrl[1, len(seqs[1]) :] == 0).all()
     manual = torch.log_softmax(model(ids[:1, : len(seqs[0])]).logits[0, :-1], -1)
     torch.testing.assert_close(direct[0, 1 : len(seqs[0])], manual.gather(-1, ids[0, 1 : len(seqs[0]), None])[:, 0])
+
+
+def test_shared_prompt_log_probs_equal_the_full_pass_with_gradients(warm_tiny_path):
+    from agents.log_probs import response_log_probs, token_log_probs
+
+    model = AutoModelForCausalLM.from_pretrained(warm_tiny_path).eval()
+    tok = AutoTokenizer.from_pretrained(warm_tiny_path)
+    p1, p2 = tok.encode("Tom has 3 apples. How many?\n\n"), tok.encode("Ann has 5 coins and 2 more.\n\n")
+    # Three samples of one prompt (different lengths, one a single token), one of another, one with no response.
+    rows = [
+        (p1, tok.encode("3 + 4 = 7.\n\nThe answer is 7.")),
+        (p1, tok.encode("3 apples")),
+        (p1, tok.encode("7")),
+        (p2, tok.encode("5 + 2 = 7.")),
+        (p2 + tok.encode(" more"), []),
+    ]
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    response = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, : len(p) + len(r)] = 1
+        response[i, len(p) : len(p) + len(r)] = True
+    prompt_length = torch.tensor([len(p) for p, _ in rows])
+
+    def grads(fn):
+        model.zero_grad()
+        lp, ent = fn()
+        ((lp * response).sum() + (ent * response).sum()).backward()
+        return lp.detach(), ent.detach(), [q.grad.clone() for q in model.parameters()]
+
+    full_lp, full_ent, full_grads = grads(lambda: token_log_probs(model, ids, mask, with_entropy=True))
+    shared_lp, shared_ent, shared_grads = grads(
+        lambda: response_log_probs(model, ids, mask, prompt_length, with_entropy=True)
+    )
+    torch.testing.assert_close(shared_lp[response], full_lp[response], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_ent[response], full_ent[response], atol=1e-5, rtol=1e-5)
+    assert (shared_lp[~response] == 0).all() and (shared_lp[response] < 0).all()
+    for a, b in zip(shared_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in shared_grads)

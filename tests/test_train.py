@@ -83,6 +83,19 @@ def test_eval_metrics_logged(tmp_path, warm_tiny_path):
     assert all("eval_accuracy" in r and "eval_steps_per_response" in r for r in rows)
 
 
+def test_shared_prompt_pass_trains_like_whole_sequence_passes(tmp_path, warm_tiny_path):
+    """Iteration 1 has the same rollout either way, so its update statistics must agree; the default (shared) and
+    the whole-sequence path (old-policy and reference passes through TorchRL's wrapper) are both exercised."""
+    model = f"policy.model={warm_tiny_path}"
+    shared_dir, _ = run(tmp_path, model, "train.iterations=1", name="shared")
+    whole_dir, _ = run(tmp_path, model, "train.iterations=1", "train.shared_prompt_pass=false", name="whole")
+    shared, whole = (read_metrics(d / "logs" / "scalars")[0] for d in (shared_dir, whole_dir))
+    assert shared["reward_return"] == whole["reward_return"]
+    assert shared["grad_norm"] > 0
+    for key in ("loss", "loss_objective", "entropy", "kl", "grad_norm"):
+        assert shared[key] == pytest.approx(whole[key], rel=1e-3, abs=1e-5), key
+
+
 def test_config_errors_stop_before_any_model_loads(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"algo\.temprature; did you mean algo\.temperature"):
         run(tmp_path, "algo.temprature=0.1")
