@@ -47,6 +47,7 @@ bench: $(VLLM_STAMP)
 	$(PY) benchmarks/credit.py
 	$(PY) benchmarks/verifier_agreement.py
 	$(PY) benchmarks/rollout.py
+	$(PY) benchmarks/update.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
