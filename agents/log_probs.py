@@ -18,7 +18,7 @@ import weakref
 import torch
 from tensordict import TensorDict
 
-__all__ = ["response_log_probs", "token_log_probs"]
+__all__ = ["batch_log_probs", "response_log_probs", "token_log_probs"]
 
 _WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -150,3 +150,37 @@ def response_log_probs(
         if entropy is not None:
             entropy[start:end, p:stop] = -(log_softmax.exp() * log_softmax).sum(-1) * mask
     return log_probs, entropy
+
+
+@torch.no_grad()
+def batch_log_probs(
+    model: torch.nn.Module,
+    tokens: TensorDict,
+    *,
+    micro_batch_size: int,
+    shared_prompt_pass: bool = True,
+    tokenizer=None,
+) -> torch.Tensor:
+    """No-grad log-probs of a whole token batch, micro-batch by micro-batch (the old-policy and reference passes).
+
+    Args:
+        model: the policy or the frozen reference.
+        tokens: ``input_ids``, ``attention_mask`` ``[B, T]`` and ``prompt_length`` ``[B]``
+            (:func:`pure_rl.token_batch.build_token_batch`).
+        micro_batch_size: rows per forward pass.
+        shared_prompt_pass: :func:`response_log_probs`; otherwise :func:`token_log_probs` on whole sequences
+            (through TorchRL's ``TransformersWrapper`` when a tokenizer is given).
+        tokenizer: the model's tokenizer (whole-sequence path).
+
+    Returns:
+        ``[B, T]`` log-probs on the CPU, 0 on padding (and on prompt tokens with ``shared_prompt_pass``).
+    """
+    parts = []
+    for start in range(0, tokens.shape[0], micro_batch_size):
+        mb = slice(start, start + micro_batch_size)
+        ids, mask = tokens["input_ids"][mb], tokens["attention_mask"][mb]
+        if shared_prompt_pass:
+            parts.append(response_log_probs(model, ids, mask, tokens["prompt_length"][mb])[0].cpu())
+        else:
+            parts.append(token_log_probs(model, ids, mask, tokenizer=tokenizer)[0].cpu())
+    return torch.cat(parts)

@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from agents import make_policy, make_reference_model
-    from agents.log_probs import response_log_probs, token_log_probs
+    from agents.log_probs import batch_log_probs
     from envs import make_env
     from envs.steps import completes_step
     from pure_rl.config import load_config
@@ -64,19 +64,9 @@ def main() -> None:
     )
 
     def log_probs(net: torch.nn.Module, shared: bool) -> torch.Tensor:
-        parts = []
-        for mb in micro:
-            ids, mask = tokens["input_ids"][mb], tokens["attention_mask"][mb]
-            if shared:
-                parts.append(response_log_probs(net, ids, mask, tokens["prompt_length"][mb])[0])
-            else:
-                parts.append(token_log_probs(net, ids, mask, tokenizer=tok)[0])
-        return torch.cat(parts)
+        return batch_log_probs(net, tokens, micro_batch_size=size, shared_prompt_pass=shared, tokenizer=tok)
 
-    with torch.no_grad():
-        torch.testing.assert_close(
-            log_probs(model, True)[response], log_probs(model, False)[response], atol=1e-4, rtol=0
-        )
+    torch.testing.assert_close(log_probs(model, True)[response], log_probs(model, False)[response], atol=1e-4, rtol=0)
 
     def best_of(fn, *fn_args) -> float:
         times = []

@@ -84,7 +84,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     from tqdm import tqdm
 
     from agents import make_policy, make_reference_model
-    from agents.log_probs import response_log_probs, token_log_probs
+    from agents.log_probs import batch_log_probs
     from envs import make_env
     from envs.steps import completes_step
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -200,18 +200,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         size = cfg.train.micro_batch_size
         return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
-    @torch.no_grad()
-    def batch_log_probs(net: torch.nn.Module, tokens) -> torch.Tensor:
-        """Per-token log-probs of the whole token batch under ``net``, micro-batch by micro-batch."""
-        parts = []
-        for mb in micro_batches(tokens.shape[0]):
-            ids, mask = tokens["input_ids"][mb], tokens["attention_mask"][mb]
-            if cfg.train.shared_prompt_pass:
-                parts.append(response_log_probs(net, ids, mask, tokens["prompt_length"][mb])[0].cpu())
-            else:
-                parts.append(token_log_probs(net, ids, mask, tokenizer=tokenizer)[0].cpu())
-        return torch.cat(parts)
-
     def separator_ended(ids: list[int]) -> bool:
         return completes_step(tokenizer.decode(ids[-4:], skip_special_tokens=False), cfg.env.step_separator)
 
@@ -246,12 +234,17 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         )
         n_seq = tokens.shape[0]
         need_old = cfg.train.ppo_epochs > 1 or reference is not None
+        log_prob_pass = dict(
+            micro_batch_size=cfg.train.micro_batch_size,
+            shared_prompt_pass=cfg.train.shared_prompt_pass,
+            tokenizer=tokenizer,
+        )
         if need_old:
-            old = batch_log_probs(model, tokens)
+            old = batch_log_probs(model, tokens, **log_prob_pass)
             if cfg.train.ppo_epochs > 1:
                 tokens["old_log_prob"] = old
         if reference is not None:
-            ref = batch_log_probs(reference, tokens)
+            ref = batch_log_probs(reference, tokens, **log_prob_pass)
             tokens["ref_log_prob"] = ref
             if cfg.algo.kl_estimator == "k1":
                 kl_steps = step_sums((old - ref) * tokens["response_mask"], tokens, traj.shape[1])
