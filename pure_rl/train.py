@@ -200,6 +200,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         size = cfg.train.micro_batch_size
         return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
+    # How the no-grad old-policy and reference passes run (the same for every iteration).
+    log_prob_pass = dict(
+        micro_batch_size=cfg.train.micro_batch_size,
+        shared_prompt_pass=cfg.train.shared_prompt_pass,
+        tokenizer=tokenizer,
+    )
+
     def separator_ended(ids: list[int]) -> bool:
         return completes_step(tokenizer.decode(ids[-4:], skip_special_tokens=False), cfg.env.step_separator)
 
@@ -234,11 +241,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         )
         n_seq = tokens.shape[0]
         need_old = cfg.train.ppo_epochs > 1 or reference is not None
-        log_prob_pass = dict(
-            micro_batch_size=cfg.train.micro_batch_size,
-            shared_prompt_pass=cfg.train.shared_prompt_pass,
-            tokenizer=tokenizer,
-        )
         if need_old:
             old = batch_log_probs(model, tokens, **log_prob_pass)
             if cfg.train.ppo_epochs > 1:
