@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from envs.steps import completes_step
+from envs.verifier import last_boxed
 
 __all__ = ["Generation", "GenerationBackend", "TransformersBackend", "sample_next"]
 
@@ -38,8 +39,18 @@ class GenerationBackend(Protocol):
     eos_token_ids: list[int]
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, stop_at_step: bool
-    ) -> list[Generation]: ...
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        *,
+        stop_at_step: bool,
+        stop_at_answer: bool = False,
+    ) -> list[Generation]:
+        """Continuations of ``prompts`` (token ids). A row stops at EOS, at its budget, at the end of its step
+        (``stop_at_step``), or at the end of the first step that writes a ``\\boxed{}`` answer
+        (``stop_at_answer``: an env with ``end_at_answer`` ends the episode there, so nothing after it is used);
+        steps end by the rule of :func:`envs.steps.split_token_steps`."""
+        ...
 
     def sync_weights(self, model: torch.nn.Module) -> None: ...
 
@@ -105,7 +116,12 @@ class TransformersBackend:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, stop_at_step: bool
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        *,
+        stop_at_step: bool,
+        stop_at_answer: bool = False,
     ) -> list[Generation]:
         n = len(prompts)
         results = [Generation([], "length") for _ in range(n)]
@@ -123,6 +139,7 @@ class TransformersBackend:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
         tails = {i: "" for i in active}
+        step_texts = {i: "" for i in active}  # the current step's text (for stop_at_answer)
         keep_chars = len(self.separator) - 1
         eos = set(self.eos_token_ids)
         while True:
@@ -130,15 +147,21 @@ class TransformersBackend:
             keep = []
             for row, (i, tok) in enumerate(zip(active, tokens)):
                 results[i].token_ids.append(tok)
-                window = tails[i] + self._text(tok)
+                text = self._text(tok)
+                window = tails[i] + text
+                step_ended = completes_step(window, self.separator)
+                if stop_at_answer:
+                    step_texts[i] += text
                 if tok in eos:
                     results[i].finish = "eos"
-                elif stop_at_step and completes_step(window, self.separator):
+                elif step_ended and (stop_at_step or (stop_at_answer and last_boxed(step_texts[i]) is not None)):
                     results[i].finish = "stop"
                 elif len(results[i].token_ids) >= max_new_tokens[i]:
                     results[i].finish = "length"
                 else:
-                    tails[i] = window[-keep_chars:] if keep_chars else ""
+                    # A step that ended starts the next one afresh, as segmentation does.
+                    tails[i] = "" if step_ended or not keep_chars else window[-keep_chars:]
+                    step_texts[i] = "" if step_ended else step_texts[i]
                     keep.append(row)
             if not keep:
                 return results

@@ -103,12 +103,16 @@ class ReasoningPolicy(TensorDictModuleBase):
         tensordict.set("step_eos", torch.tensor(eos, dtype=torch.bool, device=dev))
         return tensordict
 
-    def generate_responses(self, tensordict: TensorDictBase) -> list[list[int]]:
-        """Whole responses (stopping only at EOS or the token budget) for a freshly reset batch."""
+    def generate_responses(self, tensordict: TensorDictBase, stop_at_answer: bool = False) -> list[list[int]]:
+        """Whole responses for a freshly reset batch: each stops at EOS or the token budget, or with
+        ``stop_at_answer`` (an env with ``end_at_answer``) after the step that writes a ``\\boxed{}`` answer."""
         prompts = tensordict.get("prompt")
         prompts = prompts.tolist() if hasattr(prompts, "tolist") else list(prompts)
         gens = self.backend.generate(
-            [self.prompt_ids(p) for p in prompts], [self.max_tokens] * len(prompts), stop_at_step=False
+            [self.prompt_ids(p) for p in prompts],
+            [self.max_tokens] * len(prompts),
+            stop_at_step=False,
+            stop_at_answer=stop_at_answer,
         )
         return [g.token_ids for g in gens]
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from agents.generation import Generation
-from envs.steps import completes_step
+from envs.steps import completes_step, split_token_steps
+from envs.verifier import last_boxed
 
 __all__ = ["VLLMBackend", "VLLMNotAvailableError"]
 
@@ -119,7 +120,12 @@ class VLLMBackend:
         return self._vllm_wrapper
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], *, stop_at_step: bool
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        *,
+        stop_at_step: bool,
+        stop_at_answer: bool = False,
     ) -> list[Generation]:
         """One call of TorchRL's ``vLLMWrapper`` for the rows that have budget left.
 
@@ -127,7 +133,9 @@ class VLLMBackend:
         and a row that runs past its own is cut to it (the tokens before the cut are the same either way), and
         sampling draws from the engine's seeded generator rather than a seed per request. The finish reason
         is read from the tokens by the rule the transformers backend stops by: EOS, then the separator, then
-        the budget.
+        the budget. ``stop_at_answer`` cuts a response after its first step with a ``\\boxed{}`` answer (split
+        by :func:`envs.steps.split_token_steps`); vLLM has no stop rule for that, so the engine still generates
+        what follows (the same tokens are returned as with the transformers backend, without its saving).
         """
         from tensordict import TensorDict, lazy_stack
 
@@ -171,8 +179,20 @@ class VLLMBackend:
                     else:
                         cut.append(self.eos_token_ids[0])  # as transformers returns it
                         finish = "eos"
+            if stop_at_answer and finish != "stop":
+                cut, finish = self._cut_at_answer(cut, finish)
             results[i] = Generation(cut, finish)
         return results
+
+    def _cut_at_answer(self, ids: list[int], finish: str) -> tuple[list[int], str]:
+        """``ids`` up to the end of the first step that writes a ``\\boxed{}`` answer, and the finish reason."""
+        steps = split_token_steps(ids, self.tokenizer, self.separator, self.eos_token_ids)
+        kept = 0
+        for step in steps[:-1]:  # the last step ends the response anyway
+            kept += len(step)
+            if last_boxed(self._decode(step)) is not None:
+                return ids[:kept], "stop"
+        return ids, finish
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)

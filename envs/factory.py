@@ -77,4 +77,5 @@ def make_env(cfg, split: str = "train", batch_size: int | None = None, prm: Proc
         max_tokens=cfg.env.max_tokens,
         prompt_template=cfg.env.prompt_template,
         seed=seed,
+        end_at_answer=cfg.env.end_at_answer,
     )

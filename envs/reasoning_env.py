@@ -20,7 +20,8 @@ Keys (everything is in the specs; ``check_env_specs`` passes):
   tokenizes anything itself).
 - Token ids (``response_token_ids``, ``step_token_ids``) are ragged, so each row holds a 1-D int64 tensor
   (:mod:`envs.ragged`).
-- reward ``[B, 1]``; done / terminated (the step ended with EOS) / truncated (step or token budget spent).
+- reward ``[B, 1]``; done / terminated (the step ended with EOS, or wrote the answer with ``end_at_answer``) /
+  truncated (step or token budget spent).
 
 Stepping an episode that is already done is a no-op that reports it done again with zero reward, so a
 batch can be rolled out until every episode has finished (``env.rollout(..., break_when_all_done=True)``).
@@ -40,7 +41,7 @@ from envs.prm import ProcessRewardModel
 from envs.ragged import text_stack, token_id_lists, token_ids_stack
 from envs.steps import split_token_steps
 from envs.tasks import Problem, ProblemSource, ProblemStream
-from envs.verifier import MathVerifier
+from envs.verifier import MathVerifier, last_boxed
 
 __all__ = ["REWARD_MODES", "ReasoningStepEnv", "ResponseScript"]
 
@@ -80,6 +81,10 @@ class ReasoningStepEnv(EnvBase):
         max_steps, max_tokens: budgets per response; reaching one truncates the episode.
         prompt_template: ``{question}`` placeholder; the paper's prompt by default.
         seed: order of the questions.
+        end_at_answer: a step that writes a ``\\boxed{}`` answer ends the episode (terminated), as EOS does.
+            False (the paper's setting): the response runs to EOS and the verifier reads its last ``\\boxed{}``,
+            so a policy that answers and then writes on (a small model often starts a new "Problem: ...")
+            is judged by whatever it boxed last.
         restart_groups: what :meth:`maybe_reset` (called by ``step_and_maybe_reset``, so by TorchRL
             collectors) does with finished episodes. False (default): nothing; a finished episode stays done
             until the next reset, so a collector with ``reset_at_each_iter=True`` yields one grouped batch of
@@ -105,6 +110,7 @@ class ReasoningStepEnv(EnvBase):
         prompt_template: str = DEFAULT_PROMPT,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        end_at_answer: bool = False,
         restart_groups: bool = False,
     ):
         if reward_mode not in REWARD_MODES:
@@ -126,6 +132,7 @@ class ReasoningStepEnv(EnvBase):
         self.max_steps = max_steps
         self.max_tokens = max_tokens
         self.prompt_template = prompt_template
+        self.end_at_answer = end_at_answer
         self.restart_groups = restart_groups
         b = batch_size
         self.problems: list[Problem | None] = [None] * b
@@ -254,6 +261,8 @@ class ReasoningStepEnv(EnvBase):
                 self.token_ids[i].extend(step_ids[i])
         self.step_count[active] += 1
         self.num_tokens[active] += n_tokens[active]
+        if self.end_at_answer:
+            eos = eos | torch.tensor([last_boxed(t) is not None for t in texts], dtype=torch.bool)
         terminated = eos & active
         truncated = active & ~terminated & ((self.step_count >= self.max_steps) | (self.num_tokens >= self.max_tokens))
         ended = terminated | truncated

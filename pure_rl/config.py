@@ -141,6 +141,10 @@ class EnvConfig:
         allowed="a string containing {question}",
     )
     use_chat_template: bool = opt(True, "wrap the prompt in the policy tokenizer's chat template")
+    end_at_answer: bool = opt(
+        False,
+        "a step that writes a \\boxed{} answer ends the response (else it runs to EOS; the last box counts)",
+    )
 
 
 @dataclass

@@ -25,12 +25,15 @@ __all__ = ["StopWhenAllDone", "WholeResponseActor", "collect", "make_collector",
 
 class WholeResponseActor(TensorDictModuleBase):
     """The ``"response"`` rollout mode as a policy: when rows start an episode (``step_count`` 0, not done) it
-    generates their whole responses with the policy's engine (stopping only at EOS or the token budget), then
-    writes one step per call, split by the rule step-by-step generation stops at (:class:`ResponseScript`)."""
+    generates their whole responses with the policy's engine (stopping at EOS, the token budget, or after the
+    answer step when the env ends episodes there), then writes one step per call, split by the rule
+    step-by-step generation stops at (:class:`ResponseScript`)."""
 
     def __init__(self, policy, env):
         super().__init__()
         self.policy = policy
+        # An env that ends episodes at the answer step never uses what follows it: no need to generate it.
+        self.stop_at_answer = getattr(env, "end_at_answer", False)
         self.in_keys = ["prompt", "step_count", "done"]
         self.out_keys = list(policy.out_keys)  # a collector reads these instead of probing the policy
         n = env.batch_size[0]
@@ -42,7 +45,7 @@ class WholeResponseActor(TensorDictModuleBase):
         fresh = [i for i, (k, d) in enumerate(zip(steps, done)) if k == 0 and not d]
         if fresh:
             rows = td if len(fresh) == len(steps) else td[fresh]
-            self.script.set_rows(fresh, self.policy.generate_responses(rows))
+            self.script.set_rows(fresh, self.policy.generate_responses(rows, self.stop_at_answer))
         return self.script(td)
 
 

@@ -68,6 +68,29 @@ def test_step_generation_stops_at_the_separator_like_segmentation(warm_tiny_path
     assert got == expected_steps
 
 
+def test_stop_at_answer_ends_generation_after_the_answer_step(warm_tiny_path):
+    model = AutoModelForCausalLM.from_pretrained(warm_tiny_path).eval()
+    tok = AutoTokenizer.from_pretrained(warm_tiny_path)
+    # With "." as the separator the answer step "... \\boxed{7}." ends before the EOS the model writes next.
+    backend = TransformersBackend(model, tok, temperature=0, separator=".")
+    questions = ["Tom has 3 apples. Then Tom gets 4 more. How many apples?", "Ann has 9."]
+    prompts = [tok.encode(q + "\n\n") for q in questions]
+    whole = backend.generate(prompts, [80, 80], stop_at_step=False)
+    cut = backend.generate(prompts, [80, 80], stop_at_step=False, stop_at_answer=True)
+    answered = 0
+    for w, c in zip(whole, cut):
+        steps = split_token_steps(w.token_ids, tok, ".", [tok.eos_token_id])
+        texts = [tok.decode(s) for s in steps]
+        first = next((k for k, t in enumerate(texts) if "\\boxed{" in t and t.endswith(".")), None)
+        if first is None:
+            assert c.token_ids == w.token_ids and c.finish == w.finish
+        else:
+            answered += 1
+            assert c.token_ids == [t for s in steps[: first + 1] for t in s] and c.finish == "stop"
+            assert len(c.token_ids) < len(w.token_ids)  # the EOS after the answer is not generated
+    assert answered >= 1, "the warmed-up model should box an answer"
+
+
 def test_sampling_is_seeded(greedy_cfg):
     cfg = greedy_cfg("policy.temperature=1.0")
     runs = []

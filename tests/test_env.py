@@ -143,6 +143,22 @@ def test_truncated_response_without_answer_is_wrong_in_prm_vr():
     assert out["reward"].item() == pytest.approx(0.5 - 1.0)
 
 
+@pytest.mark.parametrize("end_at_answer", [False, True])
+def test_end_at_answer_ends_the_episode_at_the_first_boxed_step(end_at_answer):
+    problem = Problem("Tom has 3 apples. Then Tom gets 2 more. How many apples does Tom have now?", "5", "p")
+    env = ReasoningStepEnv(ListSource([problem]), ArithmeticRulePRM(), batch_size=1, end_at_answer=end_at_answer)
+    # A small model answers, then starts a new problem and boxes another number without EOS.
+    script = [["3 + 2 = 5.\n\n", "The answer is \\boxed{5}.\n\n", "Problem: 2 + 2 = 4.\n\n", "\\boxed{4}"]]
+    td = run_episode(env, script)
+    n = 2 if end_at_answer else 4
+    assert td["next", "done"][0, :, 0].tolist()[:n] == [False] * (n - 1) + [True]
+    assert td["next", "terminated"][0, n - 1, 0] and not td["next", "truncated"][0, n - 1, 0]
+    responses = list(td["next", "response"])
+    assert responses[0][n - 1] == "".join(script[0][:n])
+    # The verifier reads the last box of the response: the answer itself, or what the policy boxed after it.
+    assert td["next", "verifier_reward"][0, n - 1, 0].item() == (1.0 if end_at_answer else 0.0)
+
+
 def test_groups_share_questions_and_ids():
     env = ReasoningStepEnv(ARITH, ArithmeticRulePRM(), batch_size=6, group_size=3)
     td = env.reset()

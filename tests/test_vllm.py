@@ -62,7 +62,7 @@ def test_vllm_step_and_whole_response_rollouts_are_identical(vllm_policy):
         torch.testing.assert_close(a[key], b[key], msg=str(key))
 
 
-def test_vllm_greedy_equals_transformers_greedy(vllm_policy):
+def test_vllm_greedy_equals_transformers_greedy(vllm_policy, monkeypatch):
     from agents.generation import TransformersBackend
 
     cfg, policy = vllm_policy
@@ -76,6 +76,16 @@ def test_vllm_greedy_equals_transformers_greedy(vllm_policy):
         ref = hf.generate(prompts, [60, 60], stop_at_step=stop)
         assert [g.token_ids for g in got] == [r.token_ids for r in ref]
         assert [g.finish for g in got] == [r.finish for r in ref]
+    # stop_at_answer: with "." as the separator the answer step ends before the model's EOS, so it is cut there
+    # (vLLM generates on and cuts afterwards; transformers stops).
+    # The warm-up's own format (question, blank line), which the tiny model answers with a boxed number.
+    hf.separator = "."
+    monkeypatch.setattr(policy.backend, "separator", ".")
+    prompts = [policy.tokenizer.encode(q + "\n\n") for q in ["Tom has 3 apples. Then Tom gets 4 more. How many?"]]
+    got = policy.backend.generate(prompts, [60], stop_at_step=False, stop_at_answer=True)
+    ref = hf.generate(prompts, [60], stop_at_step=False, stop_at_answer=True)
+    assert [g.token_ids for g in got] == [r.token_ids for r in ref]
+    assert [g.finish for g in got] == [r.finish for r in ref] and "stop" in [r.finish for r in ref]
 
 
 def test_vllm_weight_sync_makes_the_engine_follow_the_trained_model(vllm_policy):
