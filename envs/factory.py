@@ -46,7 +46,13 @@ def make_prm(cfg) -> ProcessRewardModel | None:
     )
 
 
-def make_env(cfg, split: str = "train", batch_size: int | None = None, prm: ProcessRewardModel | None = None):
+def make_env(
+    cfg,
+    split: str = "train",
+    batch_size: int | None = None,
+    prm: ProcessRewardModel | None = None,
+    group_size: int | None = None,
+):
     """A :class:`ReasoningStepEnv` built from the run config.
 
     Args:
@@ -55,6 +61,7 @@ def make_env(cfg, split: str = "train", batch_size: int | None = None, prm: Proc
             (held-out problems, one sample each).
         batch_size: override the number of episodes (eval: defaults to ``train.eval_prompts``).
         prm: reuse an already built PRM (a 7B PRM is loaded once for train and eval envs).
+        group_size: samples per problem (default: ``train.samples_per_prompt`` for train, 1 for eval).
     """
     if split == "train":
         group = cfg.train.samples_per_prompt
@@ -64,6 +71,7 @@ def make_env(cfg, split: str = "train", batch_size: int | None = None, prm: Proc
         group = 1
         size = batch_size or cfg.train.eval_prompts
         seed = cfg.train.seed + EVAL_SEED_OFFSET
+    group = group_size or group
     return ReasoningStepEnv(
         make_source(cfg, split),
         prm if prm is not None else make_prm(cfg),

@@ -1,8 +1,10 @@
-"""Greedy evaluation on held-out problems: ``python -m pure_rl.evaluate --config X [--run-dir RUN] [k=v ...]``.
+"""Evaluation on held-out problems: ``python -m pure_rl.evaluate --config X [--run-dir RUN] [k=v ...]``.
 
 Accuracy is the verifier's (last ``\\boxed{}`` against the reference), with greedy decoding, one sample per
-problem. With ``--run-dir`` the policy weights come from that run's checkpoint; without it, from the config's
-starting model (after its ``warmup`` section, if any: the cached warmed-up model).
+problem; ``--samples K`` also samples K responses per problem at the policy's temperature (what training
+sees) and reports their accuracy and pass@K. With ``--run-dir`` the policy weights come from that run's
+checkpoint; without it, from the config's starting model (after its ``warmup`` section, if any: the cached
+warmed-up model).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def greedy(policy):
         backend.temperature = saved
 
 
-def evaluate(env, policy, mode: str = "response") -> dict[str, float]:
-    """Greedy accuracy and response statistics on one batch of the (held-out) env: ``eval_*`` metrics.
+def evaluate(env, policy, mode: str = "response", sampled: bool = False) -> dict[str, float]:
+    """Accuracy and response statistics on one batch of the (held-out) env: ``eval_*`` metrics, greedy; or,
+    with ``sampled``, ``eval_sampled_*`` at the policy's temperature, with ``pass_at_n`` over each group of
+    the env (``group_size`` samples per problem).
 
     The env is rewound first, so every evaluation of a run scores the same problems.
     """
@@ -38,10 +42,12 @@ def evaluate(env, policy, mode: str = "response") -> dict[str, float]:
     from pure_rl.rollout import collect
 
     env.rewind()
-    with greedy(policy), torch.no_grad():
+    with contextlib.nullcontext(policy) if sampled else greedy(policy), torch.no_grad():
         traj = collect(env, policy, mode)
     m = rollout_metrics(traj)
     keys = ("accuracy", "steps_per_response", "response_tokens", "no_boxed_share", "prm_reward_mean")
+    if sampled:
+        return {f"eval_sampled_{k}": m[k] for k in (*keys, "pass_at_n") if k in m}
     return {f"eval_{k}": m[k] for k in keys if k in m}
 
 
@@ -57,8 +63,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--config", default=None, help="YAML run config (default: the run's, else configs/default.yaml)")
     p.add_argument("--run-dir", default=None, help="evaluate the policy saved in this run's checkpoint")
     p.add_argument("--problems", type=int, default=None, help="held-out problems (default: train.eval_prompts)")
+    p.add_argument(
+        "--samples", type=int, default=0, help="also sample this many responses per problem (accuracy, pass@K)"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.eval_dataset=gsm8k")
     args = p.parse_args(argv)
+    if args.samples < 0:
+        sys.exit(f"--samples must be >= 0 (0: greedy only), got {args.samples}")
     config = args.config or (f"{args.run_dir}/config.yaml" if args.run_dir else DEFAULT_CONFIG)
     try:
         cfg = load_config(config, args.overrides)
@@ -71,6 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
         policy.sync_weights()
     env = make_env(cfg, split="eval", batch_size=args.problems)
     result = evaluate(env, policy, cfg.policy.rollout_mode)
+    if args.samples:
+        problems = env.batch_size[0]
+        env = make_env(cfg, split="eval", batch_size=problems * args.samples, group_size=args.samples)
+        result.update(evaluate(env, policy, cfg.policy.rollout_mode, sampled=True))
     print(json.dumps(result, indent=2))
     return result
 
