@@ -84,7 +84,8 @@ class ReasoningStepEnv(EnvBase):
         end_at_answer: a step that writes a ``\\boxed{}`` answer ends the episode (terminated), as EOS does.
             False (the paper's setting): the response runs to EOS and the verifier reads its last ``\\boxed{}``,
             so a policy that answers and then writes on (a small model often starts a new "Problem: ...")
-            is judged by whatever it boxed last.
+            is judged by whatever it boxed last. With True the policy is never trained to write EOS after its
+            answer, so a model trained so keeps writing past its answer when run with False.
         restart_groups: what :meth:`maybe_reset` (called by ``step_and_maybe_reset``, so by TorchRL
             collectors) does with finished episodes. False (default): nothing; a finished episode stays done
             until the next reset, so a collector with ``reset_at_each_iter=True`` yields one grouped batch of
