@@ -17,8 +17,7 @@ from typing import Protocol
 
 import torch
 
-from envs.steps import completes_step
-from envs.verifier import last_boxed
+from envs.steps import completes_step, is_answer_step
 
 __all__ = ["Generation", "GenerationBackend", "TransformersBackend", "sample_next"]
 
@@ -154,7 +153,7 @@ class TransformersBackend:
                     step_texts[i] += text
                 if tok in eos:
                     results[i].finish = "eos"
-                elif step_ended and (stop_at_step or (stop_at_answer and last_boxed(step_texts[i]) is not None)):
+                elif step_ended and (stop_at_step or (stop_at_answer and is_answer_step(step_texts[i]))):
                     results[i].finish = "stop"
                 elif len(results[i].token_ids) >= max_new_tokens[i]:
                     results[i].finish = "length"

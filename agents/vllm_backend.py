@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from agents.generation import Generation
-from envs.steps import completes_step, split_token_steps
-from envs.verifier import last_boxed
+from envs.steps import completes_step, is_answer_step, split_token_steps
 
 __all__ = ["VLLMBackend", "VLLMNotAvailableError"]
 
@@ -190,7 +189,7 @@ class VLLMBackend:
         kept = 0
         for step in steps[:-1]:  # the last step ends the response anyway
             kept += len(step)
-            if last_boxed(self._decode(step)) is not None:
+            if is_answer_step(self._decode(step)):
                 return ids[:kept], "stop"
         return ids, finish
 

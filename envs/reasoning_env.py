@@ -39,9 +39,9 @@ from torchrl.envs import EnvBase
 
 from envs.prm import ProcessRewardModel
 from envs.ragged import text_stack, token_id_lists, token_ids_stack
-from envs.steps import split_token_steps
+from envs.steps import is_answer_step, split_token_steps
 from envs.tasks import Problem, ProblemSource, ProblemStream
-from envs.verifier import MathVerifier, last_boxed
+from envs.verifier import MathVerifier
 
 __all__ = ["REWARD_MODES", "ReasoningStepEnv", "ResponseScript"]
 
@@ -263,7 +263,7 @@ class ReasoningStepEnv(EnvBase):
         self.step_count[active] += 1
         self.num_tokens[active] += n_tokens[active]
         if self.end_at_answer:
-            eos = eos | torch.tensor([last_boxed(t) is not None for t in texts], dtype=torch.bool)
+            eos = eos | torch.tensor([is_answer_step(t) for t in texts], dtype=torch.bool)
         terminated = eos & active
         truncated = active & ~terminated & ((self.step_count >= self.max_steps) | (self.num_tokens >= self.max_tokens))
         ended = terminated | truncated

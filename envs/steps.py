@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from envs.verifier import last_boxed
+
 __all__ = [
     "TokenDecoder",
     "completes_step",
+    "is_answer_step",
     "split_text_steps",
     "split_token_steps",
     "token_texts",
@@ -29,6 +32,12 @@ class TokenDecoder(Protocol):
 def completes_step(step_text: str, separator: str) -> bool:
     """Whether a step whose text so far is ``step_text`` has ended (it contains the separator)."""
     return separator in step_text
+
+
+def is_answer_step(step_text: str) -> bool:
+    """Whether a step writes a final answer (a ``\\boxed{}``): where an env with ``end_at_answer`` ends the
+    episode, and where generation for it stops."""
+    return last_boxed(step_text) is not None
 
 
 def split_text_steps(text: str, separator: str = "\n\n") -> list[str]:
