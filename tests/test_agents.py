@@ -164,6 +164,14 @@ def test_vllm_backend_missing_is_loud(monkeypatch, greedy_cfg):
         make_policy(cfg)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only rule")
+def test_vllm_block_size_not_a_multiple_of_32_on_cpu_is_a_clear_error(greedy_cfg):
+    # vLLM's CPU attention takes multiples of 32 only; checked before any engine process starts.
+    cfg = greedy_cfg("policy.backend=vllm", "policy.vllm_block_size=48")
+    with pytest.raises(ValueError, match=r"policy\.vllm_block_size=48: .*multiple of 32"):
+        make_policy(cfg)
+
+
 def test_log_probs_through_torchrl_wrapper_equal_the_direct_pass(warm_tiny_path):
     from agents.log_probs import token_log_probs
 
