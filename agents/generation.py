@@ -5,7 +5,8 @@ what was sampled:
 
 - :class:`TransformersBackend` (CPU default): a batched decode loop with a KV cache that drops every row as
   soon as it finishes (plain ``generate`` keeps computing finished rows, which with natural stopping is most
-  of its work), and stops a row at the end of its step by the same rule segmentation uses.
+  of its work), prefills a prompt shared by several rows once, and stops a row at the end of its step by the
+  same rule segmentation uses.
 - :class:`~agents.vllm_backend.VLLMBackend`: vLLM with ``stop=[separator]`` and prefix caching.
 """
 
@@ -127,16 +128,24 @@ class TransformersBackend:
         active = [i for i in range(n) if max_new_tokens[i] > 0]
         if not active:
             return results
-        width = max(len(prompts[i]) for i in active)
-        input_ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(active), width), dtype=torch.long)
-        for row, i in enumerate(active):  # left padding: every row's next token lands in the last column
-            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
-            attention[row, width - len(prompts[i]) :] = 1
+        # Rows with the same prompt (the samples of one question) share its prefill: each distinct prompt runs
+        # once, and its KV cache and next-token logits are repeated for its rows before they sample apart.
+        distinct: dict[tuple[int, ...], int] = {}
+        source = [distinct.setdefault(tuple(prompts[i]), len(distinct)) for i in active]
+        width = max(len(p) for p in distinct)
+        input_ids = torch.full((len(distinct), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(distinct), width), dtype=torch.long)
+        for row, prompt in enumerate(distinct):  # left padding: every row's next token lands in the last column
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt) :] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
+        if len(distinct) < len(active):
+            index = torch.tensor(source, device=self.device)
+            cache.batch_select_indices(index)
+            attention, logits = attention.index_select(0, index), logits.index_select(0, index)
         tails = {i: "" for i in active}
         step_texts = {i: "" for i in active}  # the current step's text (for stop_at_answer)
         keep_chars = len(self.separator) - 1

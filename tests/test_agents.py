@@ -50,6 +50,26 @@ def test_decode_loop_equals_hf_generate_greedy(warm_tiny_path):
         assert g.finish == ("eos" if ref[-1] == tok.eos_token_id else "length")
 
 
+def test_rows_sharing_a_prompt_share_its_prefill_and_generate_as_alone(warm_tiny_path):
+    model = AutoModelForCausalLM.from_pretrained(warm_tiny_path).eval()
+    tok = AutoTokenizer.from_pretrained(warm_tiny_path)
+    backend = TransformersBackend(model, tok, temperature=0)
+    a, b = tok.encode("Tom has 3 apples. Then Tom gets 4 more. How many?"), tok.encode("Ann has 12 coins.")
+    prompts = [a, b, a, a, b]
+    batch_sizes = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kw: batch_sizes.append(kw["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        gens = backend.generate(prompts, [40, 40, 30, 40, 40], stop_at_step=False)
+    finally:
+        hook.remove()
+    assert batch_sizes[0] == (2, len(a)), "the prefill runs each distinct prompt once"
+    for p, budget, g in zip(prompts, [40, 40, 30, 40, 40], gens):
+        alone = backend.generate([p], [budget], stop_at_step=False)[0]
+        assert (g.token_ids, g.finish) == (alone.token_ids, alone.finish)
+
+
 def test_step_generation_stops_at_the_separator_like_segmentation(warm_tiny_path):
     model = AutoModelForCausalLM.from_pretrained(warm_tiny_path).eval()
     tok = AutoTokenizer.from_pretrained(warm_tiny_path)
