@@ -5,8 +5,9 @@ Setting (issue 4): SmolLM2-135M-Instruct fp32, 128 sequences = 32 arithmetic pro
 temperature 0.7, natural stopping at EOS, up to 256 new tokens. "Useful" tokens are those up to and including
 each sequence's EOS (plain ``generate`` keeps computing rows that already stopped; that work is not useful).
 The roofline is 2 x parameters FLOPs per token over the FLOP/s of a large fp32 matmul measured here, before
-the paths run and again after them; shares use the higher of the two (the stricter roofline), because on a
-shared machine one timing can read low.
+the paths run and again after them. Each row prints its share of the first timing as it finishes; the summary
+at the end reads every figure against the higher of the two (the stricter roofline), because one timing can
+read low on a busy machine.
 
 The vLLM path is timed ``--vllm-repeats`` times on one engine (prefix cache reset before each, so each repeat
 prefills its prompts again; each draws new samples, so token counts differ) and reported per repeat and as the
