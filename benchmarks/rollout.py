@@ -182,10 +182,12 @@ def main() -> None:
     flops_after = matmul_flops()
     flops = max(flops_before, flops_after)
     roofline = flops / (2 * n_params)
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")  # set by VLLMBackend on CPU, so only once vLLM ran
     print(
         f"\ncompute roofline re-timed: fp32 matmul {flops_before / 1e9:.0f} GFLOP/s before, {flops_after / 1e9:.0f} "
-        f"after; shares against the higher, {roofline:.0f} tokens/s (vLLM threads bound to "
-        f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}):"
+        f"after; shares against the higher, {roofline:.0f} tokens/s"
+        + (f" (vLLM threads bound to {bind})" if bind else "")
+        + ":"
     )
     for name, rate in shares:
         print(f"  {name:<100}{rate:>8.1f} tok/s {rate / roofline:>5.0%}")
