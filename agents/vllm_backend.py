@@ -107,9 +107,9 @@ class VLLMBackend:
             # attribute 'finalize_loading'") and recompiles at every start (~60 s); without AOT it loads the
             # compiled graph from its ordinary compile cache: engine start 95-114 s -> 47 s here.
             os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
-            # Splitting one sequence's KV across threads pays off for long contexts on many cores; for a batch of
-            # rollouts (hundreds of tokens each) on a few cores its extra reduction only costs: 6% more
-            # tokens/s on the rollout benchmark here (interleaved A/B, 7 generations each: 221 vs 207 tok/s).
+            # Split-KV decode attention (one sequence's KV spread over threads) is for long contexts on many
+            # cores; rollouts of a few hundred tokens on 2 cores ran 6% faster without it (rollout benchmark
+            # setting, interleaved A/B, 7 generations each: median 221 vs 207 tok/s).
             os.environ.setdefault("VLLM_CPU_ATTN_SPLIT_KV", "0")
         self.llm = vllm.LLM(**kwargs)
         # TorchRL's wrapper calls generate() with vLLM's default progress bar on: one bar per env step is noise.
