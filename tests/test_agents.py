@@ -55,17 +55,17 @@ def test_rows_sharing_a_prompt_share_its_prefill_and_generate_as_alone(warm_tiny
     tok = AutoTokenizer.from_pretrained(warm_tiny_path)
     backend = TransformersBackend(model, tok, temperature=0)
     a, b = tok.encode("Tom has 3 apples. Then Tom gets 4 more. How many?"), tok.encode("Ann has 12 coins.")
-    prompts = [a, b, a, a, b]
+    prompts, budgets = [a, b, a, a, b], [40, 40, 30, 40, 40]
     batch_sizes = []
     hook = model.register_forward_pre_hook(
         lambda m, args, kw: batch_sizes.append(kw["input_ids"].shape), with_kwargs=True
     )
     try:
-        gens = backend.generate(prompts, [40, 40, 30, 40, 40], stop_at_step=False)
+        gens = backend.generate(prompts, budgets, stop_at_step=False)
     finally:
         hook.remove()
     assert batch_sizes[0] == (2, len(a)), "the prefill runs each distinct prompt once"
-    for p, budget, g in zip(prompts, [40, 40, 30, 40, 40], gens):
+    for p, budget, g in zip(prompts, budgets, gens):
         alone = backend.generate([p], [budget], stop_at_step=False)[0]
         assert (g.token_ids, g.finish) == (alone.token_ids, alone.finish)
 
