@@ -18,7 +18,7 @@ import weakref
 import torch
 from tensordict import TensorDict
 
-__all__ = ["batch_log_probs", "response_log_probs", "token_log_probs"]
+__all__ = ["batch_log_probs", "response_log_probs", "sequence_log_probs", "token_log_probs"]
 
 _WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -152,6 +152,22 @@ def response_log_probs(
     return log_probs, entropy
 
 
+def sequence_log_probs(
+    model: torch.nn.Module,
+    tokens: TensorDict,
+    *,
+    shared_prompt_pass: bool = True,
+    with_entropy: bool = False,
+    tokenizer=None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropy) of one token batch by the configured pass: :func:`response_log_probs` when
+    ``shared_prompt_pass``, else :func:`token_log_probs` on whole sequences. ``[B, T]`` each."""
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    if shared_prompt_pass:
+        return response_log_probs(model, ids, mask, tokens["prompt_length"], with_entropy=with_entropy)
+    return token_log_probs(model, ids, mask, with_entropy=with_entropy, tokenizer=tokenizer)
+
+
 @torch.no_grad()
 def batch_log_probs(
     model: torch.nn.Module,
@@ -177,10 +193,6 @@ def batch_log_probs(
     """
     parts = []
     for start in range(0, tokens.shape[0], micro_batch_size):
-        mb = slice(start, start + micro_batch_size)
-        ids, mask = tokens["input_ids"][mb], tokens["attention_mask"][mb]
-        if shared_prompt_pass:
-            parts.append(response_log_probs(model, ids, mask, tokens["prompt_length"][mb])[0].cpu())
-        else:
-            parts.append(token_log_probs(model, ids, mask, tokenizer=tokenizer)[0].cpu())
+        mb = tokens[start : start + micro_batch_size]
+        parts.append(sequence_log_probs(model, mb, shared_prompt_pass=shared_prompt_pass, tokenizer=tokenizer)[0].cpu())
     return torch.cat(parts)

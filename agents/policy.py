@@ -166,6 +166,7 @@ def make_policy(cfg, eos_token_ids: Sequence[int] | None = None, model_name: str
             gpu_memory_utilization=pc.gpu_memory_utilization,
             max_model_len=pc.max_model_len,
             block_size=pc.vllm_block_size,
+            kv_cache_gib=pc.vllm_kv_cache_gib,
             **sampling,
         )
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from agents.generation import Generation
-from envs.steps import completes_step, is_answer_step, split_token_steps
+from envs.steps import ends_step, is_answer_step, split_token_steps
 
 __all__ = ["VLLMBackend", "VLLMNotAvailableError"]
 
@@ -178,7 +178,7 @@ class VLLMBackend:
                 if tok in eos:
                     finish = "eos"
                     break
-                if stop_at_step and completes_step(self._decode(cut[-4:]), self.separator):
+                if stop_at_step and ends_step(cut, self.tokenizer, self.separator):
                     finish = "stop"
                     break
                 if len(cut) >= budget:

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from pure_rl.credit import min_form_returns, step_advantages, sum_form_returns
+from pure_rl.objectives.credit import min_form_returns, step_advantages, sum_form_returns
 
 
 def loop_exact_min(rewards: torch.Tensor, lengths: list[int]) -> torch.Tensor:

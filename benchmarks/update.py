@@ -12,6 +12,7 @@ Run: ``python benchmarks/update.py [--prompts 4] [--samples 4] [--repeats 2] [do
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -28,11 +29,11 @@ def main() -> None:
     from agents import make_policy, make_reference_model
     from agents.log_probs import batch_log_probs
     from envs import make_env
-    from envs.steps import completes_step
     from pure_rl.config import load_config
-    from pure_rl.loss import StepTokenPPOLoss
+    from pure_rl.objectives.loss import StepTokenPPOLoss
     from pure_rl.rollout import collect
-    from pure_rl.token_batch import build_token_batch
+    from pure_rl.train import log_probs_with_entropy
+    from pure_rl.update import accumulate_gradients, policy_token_batch
     from pure_rl.warmup import warmed_up_model
 
     overrides = [f"train.prompts_per_iter={args.prompts}", f"train.samples_per_prompt={args.samples}"]
@@ -46,16 +47,10 @@ def main() -> None:
     with torch.no_grad():
         traj = collect(env, policy, cfg.policy.rollout_mode)
 
-    def separator_ended(ids: list[int]) -> bool:
-        return completes_step(tok.decode(ids[-4:], skip_special_tokens=False), cfg.env.step_separator)
-
-    tokens = build_token_batch(
-        traj, policy.prompt_ids, eos_token_ids=policy.eos_token_ids, separator_check=separator_ended, pad_id=0
-    )
+    tokens = policy_token_batch(traj, policy, cfg)
     response = tokens["response_mask"]
     tokens["advantage"] = torch.randn(response.shape) * response
     size = cfg.train.micro_batch_size
-    micro = [slice(i, min(tokens.shape[0], i + size)) for i in range(0, tokens.shape[0], size)]
     print(
         f"update benchmark: {tokens.shape[0]} sequences ({args.prompts} prompts x {args.samples}), "
         f"{int(tokens['prompt_length'].float().mean())} prompt tokens on average, {int(response.sum())} response "
@@ -77,10 +72,10 @@ def main() -> None:
         return min(times)
 
     def loss_pass(shared: bool) -> None:
-        loss = StepTokenPPOLoss(model, shared_prompt_pass=shared)
+        log_prob_fn = functools.partial(log_probs_with_entropy, shared_prompt_pass=shared)
+        loss = StepTokenPPOLoss(model, kl_coef=0.0, log_prob_fn=log_prob_fn)
         model.zero_grad(set_to_none=True)
-        for mb in micro:
-            loss(tokens[mb])["loss_objective"].backward()
+        accumulate_gradients(loss, tokens, size)
 
     print(f"{'path':<52}{'old (s)':>9}{'ref (s)':>9}{'loss f+b (s)':>14}{'total (s)':>11}")
     totals = {}

@@ -6,7 +6,7 @@ Importing ``envs`` registers the gymnasium id ``pure_rl/ReasoningStep-v0``.
 import gymnasium as _gym
 
 from envs.datasets import PRESETS, JsonlDataset, load_dataset
-from envs.factory import make_env, make_prm, make_source
+from envs.factory import make_env, make_prm, make_source, make_verifier
 from envs.gym_adapter import ENV_ID, ReasoningStepGymEnv
 from envs.prm import HFTokenClassificationPRM, PRMError, ProcessRewardModel
 from envs.reasoning_env import ReasoningStepEnv
@@ -37,6 +37,7 @@ __all__ = [
     "make_env",
     "make_prm",
     "make_source",
+    "make_verifier",
     "split_text_steps",
     "split_token_steps",
 ]

@@ -1,8 +1,16 @@
-"""``make_env(cfg)``: the configured environment (task, PRM, verifier, budgets) from the run config."""
+"""The built-in tasks, PRMs and verifier as registered factories, and ``make_env(cfg)`` that assembles them.
+
+Each factory is registered by name (:mod:`pure_rl.registry`) with its own config keys, so the run config
+selects it (``env.task``, ``env.prm``, ``env.verifier``) and a plug-in adds another without an edit here:
+
+- ``task``: ``factory(cfg, split) -> ProblemSource`` (``split`` ``"train"`` or ``"eval"``);
+- ``prm``: ``factory(cfg) -> ProcessRewardModel``;
+- ``verifier``: ``factory(cfg) -> object with .verify(response, reference) -> bool``.
+"""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
 from envs.datasets import load_dataset
 from envs.prm import HFTokenClassificationPRM, ProcessRewardModel
@@ -10,33 +18,95 @@ from envs.reasoning_env import ReasoningStepEnv
 from envs.rule_prm import ArithmeticRulePRM
 from envs.tasks import ArithmeticTask, ProblemSource
 from envs.verifier import MathVerifier
+from pure_rl.registry import get, opt, register
 
-__all__ = ["EVAL_SEED_OFFSET", "make_env", "make_prm", "make_source"]
+__all__ = ["EVAL_SEED_OFFSET", "make_env", "make_prm", "make_source", "make_verifier"]
 
 # Held-out arithmetic problems come from another seed: the generator is a function of (seed, index).
 EVAL_SEED_OFFSET = 1_000_003
+SPLITS = ("train", "eval")
+
+
+# --- tasks --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArithmeticOptions:
+    difficulty: int = opt(
+        1,
+        "arithmetic task: difficulty level (operand size and number of operations)",
+        check=lambda v: 1 <= v <= 5,
+        allowed="an integer from 1 to 5",
+    )
+
+
+@register("task", "arithmetic", options=ArithmeticOptions)
+def arithmetic_task(cfg, split: str) -> ArithmeticTask:
+    """Generated arithmetic word problems; the held-out split reads another seed's problems."""
+    return ArithmeticTask(cfg.env.difficulty, seed=cfg.train.seed + (EVAL_SEED_OFFSET if split == "eval" else 0))
+
+
+@dataclass
+class JsonlOptions:
+    dataset: str | None = opt(None, "jsonl task: a preset (math500, gsm8k, aime24, amc23, minerva) or a file path")
+
+
+@register("task", "jsonl", options=JsonlOptions, requires=("dataset",))
+def jsonl_task(cfg, split: str) -> ProblemSource:
+    """A jsonl dataset (a shipped preset or a file); its own rows serve as the held-out split too."""
+    return load_dataset(cfg.env.dataset)
 
 
 def make_source(cfg, split: str = "train") -> ProblemSource:
-    """The problem source of ``cfg.env`` for ``split`` (``"train"`` or ``"eval"``)."""
-    env = cfg.env
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    if split == "eval" and env.eval_dataset:
-        return load_dataset(env.eval_dataset)
-    if env.task == "arithmetic":
-        seed = cfg.train.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
-        return ArithmeticTask(env.difficulty, seed=seed)
-    return load_dataset(env.dataset)
+    """The problem source of ``cfg.env`` for ``split`` (``"train"`` or ``"eval"``): ``env.eval_dataset`` when
+    set for ``"eval"``, else the registered task ``env.task``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "eval" and cfg.env.eval_dataset:
+        return load_dataset(cfg.env.eval_dataset)
+    return get("task", cfg.env.task)(cfg, split)
 
 
-def make_prm(cfg) -> ProcessRewardModel | None:
-    """The PRM of ``cfg.env`` (None in VR-only mode, where no PRM is run)."""
+# --- PRMs ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArithmeticRuleOptions:
+    neutral_score: float = opt(
+        0.5,
+        "arithmetic_rule PRM: score of a step with no equation (filler is farmable)",
+        check=lambda v: -1 <= v <= 1,
+        allowed="in [-1, 1]",
+    )
+    answer_check: bool = opt(
+        False,
+        "arithmetic_rule PRM: a boxed answer no true equation derived scores as wrong (else it is neutral)",
+    )
+
+
+@register("prm", "arithmetic_rule", options=ArithmeticRuleOptions)
+def arithmetic_rule_prm(cfg) -> ArithmeticRulePRM:
+    return ArithmeticRulePRM(neutral_score=cfg.env.neutral_score, answer_check=cfg.env.answer_check)
+
+
+@dataclass
+class HFPRMOptions:
+    prm_model: str | None = opt(None, "hf PRM: an HF token-classification PRM folder or hub name")
+    prm_layout: str = opt(
+        "pure",
+        "hf PRM input layout: PURE-PRM ('\\n' after each step) or Qwen2.5-Math-PRM (<extra_0>)",
+        choices=("pure", "qwen"),
+    )
+    prm_device: str = opt("cpu", "hf PRM: torch device")
+    prm_dtype: str = opt("float32", "hf PRM: dtype", choices=("float32", "bfloat16", "float16"))
+    prm_batch_size: int = opt(8, "hf PRM: solutions per forward pass", check=lambda v: v > 0, allowed="> 0")
+
+
+@register("prm", "hf", options=HFPRMOptions, requires=("prm_model",))
+def hf_prm(cfg) -> HFTokenClassificationPRM:
+    import torch
+
     env = cfg.env
-    if env.reward_mode == "vr":
-        return None
-    if env.prm == "arithmetic_rule":
-        return ArithmeticRulePRM(neutral_score=env.neutral_score, answer_check=env.answer_check)
     return HFTokenClassificationPRM(
         env.prm_model,
         layout=env.prm_layout,
@@ -46,12 +116,39 @@ def make_prm(cfg) -> ProcessRewardModel | None:
     )
 
 
+def make_prm(cfg) -> ProcessRewardModel | None:
+    """The PRM of ``cfg.env`` (None in VR-only mode, where no PRM is run)."""
+    if cfg.env.reward_mode == "vr":
+        return None
+    return get("prm", cfg.env.prm)(cfg)
+
+
+# --- verifiers ----------------------------------------------------------------------------------------------
+
+
+@register("verifier", "math")
+def math_verifier(cfg) -> MathVerifier:
+    """math-verify on the last ``\\boxed{}`` answer."""
+    return MathVerifier()
+
+
+def make_verifier(cfg):
+    """The verifier of ``cfg.env``."""
+    return get("verifier", cfg.env.verifier)(cfg)
+
+
+# --- the environment ----------------------------------------------------------------------------------------
+
+
 def make_env(
     cfg,
     split: str = "train",
     batch_size: int | None = None,
     prm: ProcessRewardModel | None = None,
     group_size: int | None = None,
+    *,
+    source: ProblemSource | None = None,
+    verifier=None,
 ):
     """A :class:`ReasoningStepEnv` built from the run config.
 
@@ -60,8 +157,11 @@ def make_env(
         split: ``"train"`` (``prompts_per_iter x samples_per_prompt`` episodes, grouped) or ``"eval"``
             (held-out problems, one sample each).
         batch_size: override the number of episodes (eval: defaults to ``train.eval_prompts``).
-        prm: reuse an already built PRM (a 7B PRM is loaded once for train and eval envs).
+        prm: a PRM built by hand (or already built: a 7B PRM is loaded once for train and eval envs); default
+            the configured one.
         group_size: samples per problem (default: ``train.samples_per_prompt`` for train, 1 for eval).
+        source: a problem source built by hand; default the configured task's.
+        verifier: a verifier built by hand; default the configured one.
     """
     if split == "train":
         group = cfg.train.samples_per_prompt
@@ -73,9 +173,9 @@ def make_env(
         seed = cfg.train.seed + EVAL_SEED_OFFSET
     group = group_size or group
     return ReasoningStepEnv(
-        make_source(cfg, split),
+        source if source is not None else make_source(cfg, split),
         prm if prm is not None else make_prm(cfg),
-        MathVerifier(),
+        verifier if verifier is not None else make_verifier(cfg),
         batch_size=size,
         group_size=group,
         reward_mode=cfg.env.reward_mode,

@@ -30,7 +30,6 @@ batch can be rolled out until every episode has finished (``env.rollout(..., bre
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase
@@ -39,11 +38,11 @@ from torchrl.envs import EnvBase
 
 from envs.prm import ProcessRewardModel
 from envs.ragged import text_stack, token_id_lists, token_ids_stack
-from envs.steps import is_answer_step, split_token_steps
+from envs.steps import is_answer_step
 from envs.tasks import Problem, ProblemSource, ProblemStream
 from envs.verifier import MathVerifier
 
-__all__ = ["REWARD_MODES", "ReasoningStepEnv", "ResponseScript"]
+__all__ = ["REWARD_MODES", "ReasoningStepEnv"]
 
 REWARD_MODES = ("prm+vr", "prm", "vr")
 DEFAULT_PROMPT = (
@@ -334,92 +333,3 @@ class ReasoningStepEnv(EnvBase):
 
     def load_state_dict(self, state_dict: dict, *args, **kwargs) -> None:
         self.stream.load_state_dict(state_dict["stream"])
-
-    # --- whole responses -----------------------------------------------------------------------------------
-
-    def rollout_responses(
-        self,
-        responses: Sequence[Sequence[int]],
-        tokenizer,
-        eos_token_ids: Sequence[int] = (),
-        tensordict: TensorDictBase | None = None,
-    ) -> TensorDictBase:
-        """Step trajectories ``[B, steps]`` built from whole generated responses (token ids, no prompt).
-
-        Each response is split into steps with :func:`envs.steps.split_token_steps` (the same rule a
-        step-by-step policy stops by) and fed to the env one step at a time, so the result equals stepping
-        with a policy that wrote the same tokens step by step. Resets first unless ``tensordict`` (a reset
-        output) is given.
-        """
-        b = self.batch_size[0]
-        if len(responses) != b:
-            raise ValueError(f"expected {b} responses, got {len(responses)}")
-        script = ResponseScript(responses, tokenizer, self.separator, eos_token_ids, self.max_tokens)
-        return self.rollout(
-            max_steps=min(max([len(s) for s in script.steps] + [1]), self.max_steps),
-            policy=script,
-            auto_reset=tensordict is None,
-            tensordict=tensordict,
-            break_when_any_done=False,
-            break_when_all_done=True,
-        )
-
-
-class ResponseScript:
-    """Whole generated responses (token ids, no prompt) split into steps by :func:`envs.steps.split_token_steps`
-    (the rule a step-by-step policy stops by), written as the env's action one step per call: a policy for
-    :meth:`ReasoningStepEnv.rollout` or a TorchRL collector. Row ``i`` gets its step number ``step_count[i]``;
-    finished rows, and rows past their last step, get an empty step (the env ignores it), as a policy writes.
-    :meth:`set_rows` replaces some rows' responses (a collector's restarted groups).
-    """
-
-    def __init__(
-        self,
-        responses: Sequence[Sequence[int]],
-        tokenizer,
-        separator: str,
-        eos_token_ids: Sequence[int],
-        max_tokens: int,
-    ):
-        self.tokenizer, self.separator = tokenizer, separator
-        self.eos_token_ids = list(eos_token_ids)
-        self.eos = set(eos_token_ids)
-        self.max_tokens = max_tokens
-        n = len(responses)
-        self.responses: list[list[int]] = [[] for _ in range(n)]
-        self.steps: list[list[list[int]]] = [[] for _ in range(n)]
-        self.texts: list[list[str]] = [[] for _ in range(n)]
-        self.set_rows(range(n), responses)
-
-    def set_rows(self, rows: Sequence[int], responses: Sequence[Sequence[int]]) -> None:
-        """Give rows ``rows`` the responses ``responses`` (split into steps here)."""
-        for i, response in zip(rows, responses):
-            steps = split_token_steps(list(response), self.tokenizer, self.separator, self.eos_token_ids)
-            texts = [self.tokenizer.decode(s, skip_special_tokens=True) for s in steps]
-            self.responses[i], self.steps[i], self.texts[i] = list(response), steps, texts
-
-    def __call__(self, td: TensorDictBase) -> TensorDictBase:
-        b = td.batch_size[0]
-        done = td.get("done", None)
-        done = [False] * b if done is None else done.reshape(b).tolist()
-        step_text, step_tokens, step_eos, step_ids = [], [], [], []
-        for i, k in enumerate(td.get("step_count").reshape(b).tolist()):
-            steps = self.steps[i]
-            if k < len(steps) and not done[i]:
-                step_text.append(self.texts[i][k])
-                step_tokens.append(len(steps[k]))
-                step_ids.append(steps[k])
-                # The last step ends the response: by EOS, or (shorter than the token budget) because the
-                # response simply stops there; a response cut by the budget is left to truncate.
-                last = k == len(steps) - 1
-                step_eos.append(steps[k][-1] in self.eos or (last and len(self.responses[i]) < self.max_tokens))
-            else:
-                step_text.append("")
-                step_tokens.append(0)
-                step_ids.append([])
-                step_eos.append(True)
-        td.set("step_text", text_stack(step_text, td.device))
-        td.set("step_tokens", torch.tensor(step_tokens, dtype=torch.int64, device=td.device))
-        td.set("step_eos", torch.tensor(step_eos, dtype=torch.bool, device=td.device))
-        td.set("step_token_ids", token_ids_stack(step_ids, td.device))
-        return td

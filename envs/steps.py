@@ -16,6 +16,7 @@ from envs.verifier import last_boxed
 __all__ = [
     "TokenDecoder",
     "completes_step",
+    "ends_step",
     "is_answer_step",
     "split_text_steps",
     "split_token_steps",
@@ -32,6 +33,13 @@ class TokenDecoder(Protocol):
 def completes_step(step_text: str, separator: str) -> bool:
     """Whether a step whose text so far is ``step_text`` has ended (it contains the separator)."""
     return separator in step_text
+
+
+def ends_step(token_ids: Sequence[int], tokenizer: TokenDecoder, separator: str) -> bool:
+    """Whether generated ``token_ids`` (a step so far) ended at the separator with their last tokens: the rule a
+    step-by-step generator stops by and the token batch reads, from the text of the last four tokens (a
+    separator such as ``"\\n\\n"`` may be merged into or split across tokens)."""
+    return completes_step(tokenizer.decode(list(token_ids[-4:]), skip_special_tokens=False), separator)
 
 
 def is_answer_step(step_text: str) -> bool:

@@ -38,9 +38,18 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
 
 
 def save_checkpoint(
-    run_dir: str | Path, *, iteration: int, model, optimizer, env_state: dict, rng: dict, extra: dict | None = None
+    run_dir: str | Path,
+    *,
+    iteration: int,
+    model,
+    optimizer,
+    env_state: dict,
+    rng: dict,
+    critic=None,
+    extra: dict | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoint.pt`` atomically; ``iteration`` is the number of finished iterations."""
+    """Write ``run_dir/checkpoint.pt`` atomically; ``iteration`` is the number of finished iterations;
+    ``critic`` is the estimator's learned critic, if it has one."""
     path = Path(run_dir) / CHECKPOINT_NAME
     tmp = path.with_suffix(".pt.tmp")
     torch.save(
@@ -50,6 +59,7 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "env": env_state,
             "rng": rng,
+            **({"critic": critic.state_dict()} if critic is not None else {}),
             "extra": extra or {},
         },
         tmp,

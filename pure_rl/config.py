@@ -1,26 +1,35 @@
 """The run config: typed dataclasses loaded from YAML, with dotted CLI overrides and validation.
 
-Every hyperparameter lives here with its default and a one-line help (``field(metadata=...)``), in six
-sections: ``env``, ``policy``, ``warmup``, ``algo``, ``train``, ``log``. ``load_config(path, overrides)`` reads a YAML
-file, applies overrides such as ``algo.temperature=0.05`` and validates the result: an unknown key, a wrong
-type or an impossible value raises :class:`ConfigError` naming the key and what is allowed, before any
-model loads.
+Every hyperparameter lives here with its default and a one-line help (``opt(...)``), in six sections: ``env``,
+``policy``, ``warmup``, ``algo``, ``train``, ``log``, plus the top-level ``plugins`` list. The keys of a
+registered thing (a PRM's model folder, a task's difficulty, an estimator's temperature) are declared beside it
+(:mod:`pure_rl.registry`) and join its kind's section here. ``load_config(path, overrides)`` reads a YAML file,
+imports its plug-ins, applies overrides such as ``algo.temperature=0.05`` and validates the result: an unknown
+key, a wrong type, an unregistered name or an impossible value raises :class:`ConfigError` naming the key and
+what is allowed, before any model loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib.util
+import math
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pure_rl import registry
+from pure_rl.registry import opt
+
 __all__ = [
+    "DEFAULT_CONFIG",
     "PAPER_PROMPT",
     "AlgoConfig",
     "ConfigError",
@@ -32,11 +41,16 @@ __all__ = [
     "WarmupConfig",
     "config_to_dict",
     "describe",
+    "flat_config",
     "load_config",
+    "opt",
     "save_config",
 ]
 
-# The paper's prompt (spec section 7).
+# The config ``python -m pure_rl.train`` and ``evaluate`` use when none is given.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+# The paper's prompt (docs/spec.md section 7).
 PAPER_PROMPT = (
     '{question}\n\nPlease reason step by step with steps separated by "\\n\\n", '
     "and put your final answer within \\boxed{{}}."
@@ -47,34 +61,11 @@ class ConfigError(ValueError):
     """A config key is unknown, of the wrong type, or has an impossible value."""
 
 
-def opt(
-    default: Any,
-    help: str,
-    *,
-    choices: Iterable[Any] | None = None,
-    check: Callable[[Any], bool] | None = None,
-    allowed: str | None = None,
-) -> Any:
-    """A config field: its default, a one-line help, and optionally its allowed values.
-
-    ``choices`` lists the allowed values; ``check`` is a predicate with ``allowed`` describing it.
-    """
-    meta = {
-        "help": help,
-        "choices": tuple(choices) if choices is not None else None,
-        "check": check,
-        "allowed": allowed,
-    }
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _positive(v: Any) -> bool:
+def positive(v: Any) -> bool:
     return v > 0
 
 
-def _non_negative(v: Any) -> bool:
+def non_negative(v: Any) -> bool:
     return v >= 0
 
 
@@ -84,56 +75,25 @@ def _unit_interval(v: Any) -> bool:
 
 @dataclass
 class EnvConfig:
-    """The step-level reasoning MDP: task, reward sources and budgets."""
+    """The step-level reasoning MDP: where problems come from, reward sources and budgets.
 
-    task: str = opt(
-        "arithmetic",
-        "where questions come from: the built-in arithmetic generator or a jsonl dataset",
-        choices=("arithmetic", "jsonl"),
-    )
-    dataset: str | None = opt(None, "jsonl task: a preset (math500, gsm8k, aime24, amc23, minerva) or a file path")
+    The selected task, PRM and verifier add their own keys to this section (``--list-keys`` shows them).
+    """
+
+    task: str = opt("arithmetic", "where questions come from (a registered task)", kind="task")
     eval_dataset: str | None = opt(
         None,
-        "held-out evaluation set (preset or path); None: held-out arithmetic "
-        "problems (arithmetic task) or the training dataset (jsonl task)",
+        "held-out evaluation set (preset or path); None: the task's own held-out split",
     )
-    difficulty: int = opt(
-        1,
-        "arithmetic task: difficulty level (operand size and number of operations)",
-        check=lambda v: 1 <= v <= 5,
-        allowed="an integer from 1 to 5",
-    )
-    prm: str = opt(
-        "arithmetic_rule",
-        "process reward model: the rule-based arithmetic checker or an HF PRM",
-        choices=("arithmetic_rule", "hf"),
-    )
-    prm_model: str | None = opt(None, "hf PRM: model folder or hub name")
-    prm_layout: str = opt(
-        "pure",
-        "hf PRM input layout: PURE-PRM ('\\n' after each step) or Qwen2.5-Math-PRM (<extra_0>)",
-        choices=("pure", "qwen"),
-    )
-    prm_device: str = opt("cpu", "hf PRM: torch device")
-    prm_dtype: str = opt("float32", "hf PRM: dtype", choices=("float32", "bfloat16", "float16"))
-    prm_batch_size: int = opt(8, "hf PRM: solutions per forward pass", check=_positive, allowed="> 0")
-    neutral_score: float = opt(
-        0.5,
-        "arithmetic_rule PRM: score of a step with no equation (filler is farmable)",
-        check=lambda v: -1 <= v <= 1,
-        allowed="in [-1, 1]",
-    )
-    answer_check: bool = opt(
-        False,
-        "arithmetic_rule PRM: a boxed answer no true equation derived scores as wrong (else it is neutral)",
-    )
-    reward_mode: str = opt("prm+vr", "reward signal (spec section 4)", choices=("prm+vr", "prm", "vr"))
-    vr_coef: float = opt(1.0, "c_vr: a wrong final answer costs this much", check=_non_negative, allowed=">= 0")
+    prm: str = opt("arithmetic_rule", "process reward model (a registered PRM)", kind="prm")
+    verifier: str = opt("math", "final-answer checker (a registered verifier)", kind="verifier")
+    reward_mode: str = opt("prm+vr", "reward signal (docs/spec.md section 4)", choices=("prm+vr", "prm", "vr"))
+    vr_coef: float = opt(1.0, "c_vr: a wrong final answer costs this much", check=non_negative, allowed=">= 0")
     step_separator: str = opt(
         "\n\n", "text that ends a reasoning step", check=lambda v: len(v) > 0, allowed="a non-empty string"
     )
-    max_steps: int = opt(16, "step budget per response (truncated beyond)", check=_positive, allowed="> 0")
-    max_tokens: int = opt(256, "token budget per response (truncated beyond)", check=_positive, allowed="> 0")
+    max_steps: int = opt(16, "step budget per response (truncated beyond)", check=positive, allowed="> 0")
+    max_tokens: int = opt(256, "token budget per response (truncated beyond)", check=positive, allowed="> 0")
     prompt_template: str = opt(
         PAPER_PROMPT,
         "prompt with a {question} placeholder",
@@ -166,9 +126,9 @@ class PolicyConfig:
         "float32", "parameter dtype (float32 on CPUs without bf16 units)", choices=("float32", "bfloat16", "float16")
     )
     device: str = opt("cpu", "torch device of the trained policy, e.g. cpu or cuda:0")
-    temperature: float = opt(0.7, "sampling temperature for rollouts", check=_non_negative, allowed=">= 0")
+    temperature: float = opt(0.7, "sampling temperature for rollouts", check=non_negative, allowed=">= 0")
     top_p: float = opt(1.0, "nucleus sampling mass", check=lambda v: 0 < v <= 1, allowed="in (0, 1]")
-    max_model_len: int = opt(2048, "vllm: prompt + response tokens the engine holds", check=_positive, allowed="> 0")
+    max_model_len: int = opt(2048, "vllm: prompt + response tokens the engine holds", check=positive, allowed="> 0")
     vllm_block_size: int = opt(
         32,
         "vllm: KV-cache block in tokens; prefix caching reuses whole blocks, so small blocks suit step mode",
@@ -177,6 +137,9 @@ class PolicyConfig:
     )
     gpu_memory_utilization: float = opt(
         0.5, "vllm: share of GPU memory for the engine", check=lambda v: 0 < v <= 1, allowed="in (0, 1]"
+    )
+    vllm_kv_cache_gib: int = opt(
+        4, "vllm on CPU: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE)", check=positive, allowed="> 0"
     )
 
 
@@ -190,36 +153,32 @@ class WarmupConfig:
     """
 
     steps: int = opt(
-        0, "supervised steps before RL (0: none); the result is cached", check=_non_negative, allowed=">= 0"
+        0, "supervised steps before RL (0: none); the result is cached", check=non_negative, allowed=">= 0"
     )
-    batch_size: int = opt(8, "reference solutions per warm-up step", check=_positive, allowed="> 0")
-    lr: float = opt(1e-5, "warm-up AdamW learning rate", check=_positive, allowed="> 0")
+    batch_size: int = opt(8, "reference solutions per warm-up step", check=positive, allowed="> 0")
+    lr: float = opt(1e-5, "warm-up AdamW learning rate", check=positive, allowed="> 0")
 
 
 @dataclass
 class AlgoConfig:
-    """Credit assignment and the PPO objective (spec sections 3, 5, 6)."""
+    """Credit assignment and the PPO objective (docs/spec.md sections 3, 5, 6).
 
-    estimator: str = opt(
-        "min_form", "credit assignment: PURE's min-form or the canonical sum-form", choices=("min_form", "sum_form")
-    )
-    temperature: float = opt(
-        0.1,
-        "min-form softmin temperature T; 0 means the exact min",
-        check=_non_negative,
-        allowed=">= 0 (0 = exact min)",
-    )
+    The selected estimator and baseline add their own keys to this section (min-form's ``temperature``).
+    """
+
+    estimator: str = opt("min_form", "credit assignment (a registered value estimator)", kind="estimator")
     gamma: float = opt(1.0, "discount over steps (the paper uses 1)", check=_unit_interval, allowed="in [0, 1]")
     baseline: str = opt(
-        "rloo_token",
-        "advantage baseline over the samples of one prompt",
-        choices=("rloo_token", "rloo", "grpo", "none"),
+        "rloo_token", "advantage baseline over the samples of one prompt (a registered baseline)", kind="baseline"
     )
     whiten: bool = opt(True, "whiten advantages over the batch")
-    clip_epsilon: float = opt(0.2, "PPO ratio clip", check=_positive, allowed="> 0")
-    kl_coef: float = opt(0.001, "KL-to-reference coefficient", check=_non_negative, allowed=">= 0")
+    clip_epsilon: float = opt(0.2, "PPO ratio clip", check=positive, allowed="> 0")
+    kl_coef: float = opt(0.001, "KL-to-reference coefficient", check=non_negative, allowed=">= 0")
     kl_estimator: str = opt("k1", "KL form: k1 in the reward (paper) or k3 as a loss term", choices=("k1", "k3"))
-    entropy_coef: float = opt(0.0, "entropy bonus coefficient", check=_non_negative, allowed=">= 0")
+    entropy_coef: float = opt(0.0, "entropy bonus coefficient", check=non_negative, allowed=">= 0")
+    critic_coef: float = opt(
+        0.5, "weight of the value loss for estimators with a learned critic", check=non_negative, allowed=">= 0"
+    )
     mask_separator_tokens: bool = opt(True, "give separator and EOS tokens zero advantage (reference default)")
 
 
@@ -227,63 +186,119 @@ class AlgoConfig:
 class TrainConfig:
     """The training loop."""
 
-    iterations: int = opt(30, "rollout + update iterations", check=_positive, allowed="> 0")
-    prompts_per_iter: int = opt(8, "prompts per rollout batch", check=_positive, allowed="> 0")
-    samples_per_prompt: int = opt(4, "responses sampled per prompt (a group)", check=_positive, allowed="> 0")
-    lr: float = opt(1e-6, "learning rate (constant)", check=_positive, allowed="> 0")
+    iterations: int = opt(30, "rollout + update iterations", check=positive, allowed="> 0")
+    prompts_per_iter: int = opt(8, "prompts per rollout batch", check=positive, allowed="> 0")
+    samples_per_prompt: int = opt(4, "responses sampled per prompt (a group)", check=positive, allowed="> 0")
+    lr: float = opt(1e-6, "learning rate (constant)", check=positive, allowed="> 0")
+    weight_decay: float = opt(0.0, "AdamW weight decay", check=non_negative, allowed=">= 0")
     micro_batch_size: int = opt(
-        4, "sequences per forward/backward (gradient accumulation)", check=_positive, allowed="> 0"
+        4, "sequences per forward/backward (gradient accumulation)", check=positive, allowed="> 0"
     )
-    ppo_epochs: int = opt(1, "optimisation passes over each rollout batch", check=_positive, allowed="> 0")
+    ppo_epochs: int = opt(1, "optimisation passes over each rollout batch", check=positive, allowed="> 0")
     shared_prompt_pass: bool = opt(
         True,
         "log-prob passes run each group's shared prompt once (false: whole sequences, the old-policy and "
         "reference passes through TorchRL's TransformersWrapper)",
     )
-    max_grad_norm: float = opt(1.0, "gradient norm clip", check=_positive, allowed="> 0")
+    max_grad_norm: float = opt(1.0, "gradient norm clip", check=positive, allowed="> 0")
     seed: int = opt(0, "random seed")
-    checkpoint_every: int = opt(10, "iterations between checkpoints", check=_positive, allowed="> 0")
+    checkpoint_every: int = opt(10, "iterations between checkpoints", check=positive, allowed="> 0")
     eval_every: int = opt(
-        10, "iterations between held-out greedy evaluations (0: never)", check=_non_negative, allowed=">= 0"
+        10, "iterations between held-out greedy evaluations (0: never)", check=non_negative, allowed=">= 0"
     )
-    eval_prompts: int = opt(32, "held-out prompts per evaluation", check=_positive, allowed="> 0")
+    eval_prompts: int = opt(32, "held-out prompts per evaluation", check=positive, allowed="> 0")
 
 
 @dataclass
 class LogConfig:
-    """Where results go and how often."""
+    """Where results go and how often. The selected loggers add their own keys to this section."""
 
     run_dir: str = opt("runs/{name}", "run directory ({name} is replaced)")
     name: str = opt("default", "run name")
-    tensorboard: bool = opt(True, "also log to TensorBoard when it is installed")
-    sample_every: int = opt(
-        5, "iterations between printed sample responses (0: never)", check=_non_negative, allowed=">= 0"
+    loggers: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
+        ["csv", "tensorboard"],
+        "metric loggers (registered names; csv is what summaries and plots read)",
+        kind="logger",
     )
+    sample_every: int = opt(
+        5, "iterations between printed sample responses (0: never)", check=non_negative, allowed=">= 0"
+    )
+
+
+# Each section's key in the YAML, and its core class; registered things add their keys to env, algo and log.
+SECTION_CLASSES: dict[str, type] = {}
 
 
 @dataclass
 class RunConfig:
-    """A whole run: one section per concern."""
+    """A whole run: one section per concern, and the plug-in modules that register what it selects."""
 
-    env: EnvConfig = field(default_factory=EnvConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    warmup: WarmupConfig = field(default_factory=WarmupConfig)
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    env: EnvConfig = field(default_factory=lambda: section_class("env")())
+    policy: PolicyConfig = field(default_factory=lambda: section_class("policy")())
+    warmup: WarmupConfig = field(default_factory=lambda: section_class("warmup")())
+    algo: AlgoConfig = field(default_factory=lambda: section_class("algo")())
+    train: TrainConfig = field(default_factory=lambda: section_class("train")())
+    log: LogConfig = field(default_factory=lambda: section_class("log")())
+    plugins: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
+        [], "modules imported before validation; what they register is selectable by name"
+    )
+
+
+SECTION_CLASSES.update(
+    env=EnvConfig, policy=PolicyConfig, warmup=WarmupConfig, algo=AlgoConfig, train=TrainConfig, log=LogConfig
+)
+
+
+def section_class(name: str) -> type:
+    """The section's class with the keys of every registered thing of its kinds added (a subclass of the core
+    class), so ``cfg.env.prm_model`` exists whatever is selected. One class per registry state: configs loaded
+    with the same registrations compare equal."""
+    return _section_class(name, registry.version())
+
+
+@functools.cache
+def _section_class(name: str, registry_version: int) -> type:
+    core = SECTION_CLASSES[name]
+    added: dict[str, tuple] = {}
+    for entry in registry.all_entries():
+        if entry.section != name or entry.options is None:
+            continue
+        hints = typing.get_type_hints(entry.options)
+        for f in entry.option_fields():
+            owners = added.get(f.name, (None, None, []))[2]
+            added[f.name] = (hints[f.name], f, [*owners, f"{entry.kind}={entry.name}"])
+    if not added:
+        return core
+    fields = []
+    for key, (tp, f, owners) in added.items():
+        meta = {**f.metadata, "owners": tuple(owners)}
+        default = {"default_factory": f.default_factory} if f.default is dataclasses.MISSING else {"default": f.default}
+        fields.append((key, tp, field(metadata=meta, **default)))
+    return dataclasses.make_dataclass(core.__name__, fields, bases=(core,))
 
 
 def _cross_checks(cfg: RunConfig) -> None:
-    """Checks that involve more than one key."""
-    if cfg.algo.baseline in ("rloo_token", "rloo", "grpo") and cfg.train.samples_per_prompt < 2:
+    """Checks that involve more than one key, or what the selected things require."""
+    for kind, section in registry.SECTIONS.items():
+        selected = getattr(getattr(cfg, section), kind if kind != "logger" else "loggers")
+        for name in selected if isinstance(selected, list) else [selected]:
+            entry = registry.entry(kind, name)
+            package = entry.meta.get("package")
+            if package and importlib.util.find_spec(package) is None:
+                raise ConfigError(
+                    f"{section}.{kind if kind != 'logger' else 'loggers'} selects {name!r}, which needs the "
+                    f"{package!r} package: pip install {package}"
+                )
+            for key in entry.requires:
+                if getattr(getattr(cfg, section), key) is None:
+                    help_ = next(f.metadata["help"] for f in entry.option_fields() if f.name == key)
+                    raise ConfigError(f"{section}.{key} is required when {section}.{kind}={name}: {help_}")
+    baseline = registry.entry("baseline", cfg.algo.baseline)
+    if baseline.meta.get("needs_group") and cfg.train.samples_per_prompt < 2:
         raise ConfigError(
             f"train.samples_per_prompt={cfg.train.samples_per_prompt}: baseline {cfg.algo.baseline!r} compares "
             "samples of one prompt, so it needs >= 2; raise it or set algo.baseline=none"
         )
-    if cfg.env.task == "jsonl" and not cfg.env.dataset:
-        raise ConfigError("env.dataset is required when env.task=jsonl: a preset name or a jsonl file path")
-    if cfg.env.prm == "hf" and not cfg.env.prm_model:
-        raise ConfigError("env.prm_model is required when env.prm=hf: an HF token-classification PRM folder or name")
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -309,18 +324,31 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 pass
         raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if tp is float and isinstance(value, str):
         # PyYAML (YAML 1.1) reads 3e-6 as a string; accept what Python reads as a number.
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    if tp is list or typing.get_origin(tp) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of names, got {value!r}")
+        return list(value)
     if tp in (int, float, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _allowed_values(f: dataclasses.Field) -> tuple | None:
+    """A key's allowed values: its fixed choices, or the names registered under its kind (plug-ins included)."""
+    if f.metadata.get("kind"):
+        return registry.names(f.metadata["kind"])
+    return f.metadata.get("choices")
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
@@ -339,14 +367,17 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if name not in data:
             continue
         full = f"{prefix}{name}"
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data[name] if data[name] is not None else {}, f"{full}.")
+        if cls is RunConfig and name in SECTION_CLASSES:
+            kwargs[name] = _build(section_class(name), data[name] if data[name] is not None else {}, f"{full}.")
             continue
-        value = _coerce(full, data[name], tp)
-        choices, check = f.metadata.get("choices"), f.metadata.get("check")
-        if choices is not None and value not in choices:
-            raise ConfigError(f"{full}={value!r} is not allowed; choose one of {list(choices)}")
+        value = _coerce(full, data[name], hints[name])
+        choices, check = _allowed_values(f), f.metadata.get("check")
+        for item in value if isinstance(value, list) else [value]:
+            if choices is not None and item not in choices:
+                close = difflib.get_close_matches(str(item), [str(c) for c in choices], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                what = f"registered {f.metadata['kind']}s" if f.metadata.get("kind") else "choices"
+                raise ConfigError(f"{full}={item!r} is not allowed{hint}; {what}: {list(choices)}")
         if check is not None and value is not None and not check(value):
             raise ConfigError(f"{full}={value!r} is not allowed; it must be {f.metadata['allowed']}")
         kwargs[name] = value
@@ -358,6 +389,9 @@ def _apply_override(data: dict, override: str) -> None:
         raise ConfigError(f"override {override!r} must look like section.key=value, e.g. algo.temperature=0.05")
     dotted, raw = override.split("=", 1)
     parts = dotted.strip().split(".")
+    if parts == ["plugins"]:
+        data["plugins"] = yaml.safe_load(raw)
+        return
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override {override!r}: the key must be section.key, e.g. algo.temperature")
     node = data
@@ -376,19 +410,28 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     """Load a run config from YAML (or the defaults when ``path`` is None), apply dotted overrides, validate.
 
     Args:
-        path: YAML file with any of the sections ``env``, ``policy``, ``warmup``, ``algo``, ``train``, ``log``, and
-            optionally ``base: other.yaml`` (relative to this file): that config first, this file's keys over it.
+        path: YAML file with any of the sections ``env``, ``policy``, ``warmup``, ``algo``, ``train``, ``log``,
+            optionally ``plugins: [module, ...]`` (imported first, so what they register can be selected) and
+            ``base: other.yaml`` (relative to this file): that config first, this file's keys over it.
         overrides: strings ``section.key=value``; values are parsed as YAML.
 
     Returns:
         The validated :class:`RunConfig`.
 
     Raises:
-        ConfigError: a missing file, malformed YAML, unknown key, wrong type or impossible value.
+        ConfigError: a missing file, malformed YAML, a plug-in that fails to import, an unknown key or name, a
+            wrong type or an impossible value.
     """
     data = _read_yaml(Path(path)) if path is not None else {}
     for override in overrides:
         _apply_override(data, override)
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list):
+        raise ConfigError(f"plugins: expected a list of module names, got {plugins!r}")
+    try:
+        registry.import_plugins(plugins)
+    except registry.RegistryError as e:
+        raise ConfigError(str(e)) from e
     cfg = _build(RunConfig, data, "")
     _cross_checks(cfg)
     return cfg
@@ -426,23 +469,38 @@ def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flat_config(cfg: RunConfig) -> dict[str, Any]:
+    """Every key of the config by its dotted name: ``{"algo.temperature": 0.1, ..., "plugins": [...]}``."""
+    flat = {}
+    for top, value in config_to_dict(cfg).items():
+        if isinstance(value, dict):
+            flat.update({f"{top}.{key}": v for key, v in value.items()})
+        else:
+            flat[top] = value
+    return flat
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write ``cfg`` as YAML that :func:`load_config` reads back to an equal config."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 
 def describe(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """One line per key: ``section.key = default  # help [allowed]`` (for ``--help``-style listings)."""
+    """One line per key: ``section.key = default  # help [allowed] (owner)`` (for ``--list-keys``). A key that a
+    registered thing declares names it, e.g. ``(prm=hf)``."""
+    registry.load_builtins()
     lines = []
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name]):
-            lines += describe(typing.get_type_hints(cls)[f.name], f"{prefix}{f.name}.")
+        if cls is RunConfig and f.name in SECTION_CLASSES:
+            lines += describe(section_class(f.name), f"{prefix}{f.name}.")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         allowed = ""
-        if f.metadata.get("choices"):
-            allowed = f" [one of {list(f.metadata['choices'])}]"
+        choices = _allowed_values(f)
+        if choices:
+            allowed = f" [one of {list(choices)}]"
         elif f.metadata.get("allowed"):
             allowed = f" [{f.metadata['allowed']}]"
-        lines.append(f"{prefix}{f.name} = {default!r}  # {f.metadata.get('help', '')}{allowed}")
+        owners = f" ({', '.join(f.metadata['owners'])})" if f.metadata.get("owners") else ""
+        lines.append(f"{prefix}{f.name} = {default!r}  # {f.metadata.get('help', '')}{allowed}{owners}")
     return lines

@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     from agents import make_policy
     from envs import make_env
     from pure_rl.checkpoint import load_checkpoint
-    from pure_rl.config import ConfigError, load_config
-    from pure_rl.train import DEFAULT_CONFIG
+    from pure_rl.config import DEFAULT_CONFIG, ConfigError, load_config
     from pure_rl.warmup import warmed_up_model
 
     p = argparse.ArgumentParser(prog="python -m pure_rl.evaluate", description=__doc__.splitlines()[0])

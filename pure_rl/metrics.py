@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDictBase
 
 from envs.verifier import last_boxed
-from pure_rl.credit import last_step_index, min_form_returns
+from pure_rl.objectives.credit import last_step_index, min_form_returns
 from pure_rl.token_batch import valid_step_mask
 
 __all__ = ["METRIC_NAMES", "rollout_metrics"]

@@ -12,7 +12,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from envs.ragged import token_id_lists
-from pure_rl.credit import valid_steps_from_done
+from pure_rl.objectives.credit import valid_steps_from_done
 
 __all__ = ["build_token_batch", "step_sums", "token_advantages", "valid_step_mask"]
 

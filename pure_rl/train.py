@@ -10,8 +10,8 @@ generation engine -> metrics, samples, evaluation, checkpoint. Every hyperparame
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import random
 import signal
 import sys
@@ -22,9 +22,15 @@ import numpy as np
 import torch
 import yaml
 
-from pure_rl.config import ConfigError, RunConfig, config_to_dict, describe, load_config, save_config
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+from pure_rl.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    RunConfig,
+    config_to_dict,
+    describe,
+    load_config,
+    save_config,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,22 +84,35 @@ def main(argv: list[str] | None = None) -> dict:
     return train(cfg, run_dir, resume=bool(args.resume))
 
 
-def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+def train(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    *,
+    env=None,
+    eval_env=None,
+    prm=None,
+    verifier=None,
+) -> dict:
+    """Train per ``cfg`` into ``run_dir`` (``resume``: continue from its checkpoint); returns the summary.
+
+    Objects built by hand replace the configured ones: ``env`` (a ``ReasoningStepEnv``, or any env with its
+    keys and batch layout), ``eval_env``, or just its ``prm`` / ``verifier`` inside the configured env.
+    """
     # Heavy imports after the config is validated: a typo never waits for torch models to load.
-    from torchrl.record.loggers import CSVLogger
     from tqdm import tqdm
 
     from agents import make_policy, make_reference_model
-    from agents.log_probs import batch_log_probs
     from envs import make_env
-    from envs.steps import completes_step
+    from pure_rl import registry
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from pure_rl.evaluate import evaluate
-    from pure_rl.loss import StepTokenPPOLoss
+    from pure_rl.loggers import make_loggers
     from pure_rl.metrics import rollout_metrics
+    from pure_rl.objectives.loss import StepTokenPPOLoss
     from pure_rl.plots import plot_run, read_metrics, truncate_metrics
     from pure_rl.rollout import make_collector
-    from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
+    from pure_rl.update import add_credit, policy_token_batch, ppo_update, trainable_parameters
     from pure_rl.warmup import warmed_up_model
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +126,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     seed_everything(cfg.train.seed)
 
     # --- environment, policy, loss, optimiser -------------------------------------------------------------
-    env = make_env(cfg)
-    eval_env = make_env(cfg, split="eval", prm=env.prm) if cfg.train.eval_every else None
+    if env is None:
+        env = make_env(cfg, prm=prm, verifier=verifier)
+    if eval_env is None and cfg.train.eval_every:
+        eval_env = make_env(cfg, split="eval", prm=env.prm, verifier=env.verifier)
     policy = make_policy(cfg, model_name=start_model)
     model, tokenizer = policy.model, policy.tokenizer
     reference = make_reference_model(model) if cfg.algo.kl_coef > 0 else None
@@ -118,39 +139,36 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         entropy_coef=cfg.algo.entropy_coef,
         kl_coef=cfg.algo.kl_coef,
         kl_estimator=cfg.algo.kl_estimator,
-        shared_prompt_pass=cfg.train.shared_prompt_pass,
+        critic_coef=cfg.algo.critic_coef,
+        log_prob_fn=functools.partial(log_probs_with_entropy, shared_prompt_pass=cfg.train.shared_prompt_pass),
     )
     uses_vr = cfg.env.reward_mode in ("prm+vr", "vr")
-    estimator_kwargs = dict(
+    estimator_entry = registry.entry("estimator", cfg.algo.estimator)
+    loss_module.make_value_estimator(
+        cfg.algo.estimator,
         gamma=cfg.algo.gamma,
         baseline=cfg.algo.baseline,
         whiten=cfg.algo.whiten,
         vr_coef=cfg.env.vr_coef if uses_vr else 0.0,
+        **estimator_entry.option_values(cfg),  # the estimator's own keys, e.g. min-form's temperature
     )
-    if cfg.algo.estimator == "min_form":
-        estimator_kwargs["temperature"] = cfg.algo.temperature or None
-    loss_module.make_value_estimator(cfg.algo.estimator, **estimator_kwargs)
     estimator = loss_module.value_estimator
-    # Credit assignment reads the PRM score; the verifier term is added by the estimator (spec section 4).
+    # Credit assignment reads the PRM score; the verifier term is added by the estimator (docs/spec.md section 4).
     estimator.set_keys(reward="prm_reward")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        trainable_parameters(loss_module), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
     sampler = getattr(policy.backend, "generator", None)
 
     # --- logging and resume -------------------------------------------------------------------------------
-    logger = CSVLogger(exp_name="logs", log_dir=str(run_dir))
+    loggers = make_loggers(cfg, run_dir)
     scalars_dir = run_dir / "logs" / "scalars"
-    tb_logger = None
-    if cfg.log.tensorboard:
-        try:
-            from torchrl.record.loggers import TensorboardLogger
-
-            tb_logger = TensorboardLogger(exp_name="tensorboard", log_dir=str(run_dir))
-        except ImportError:
-            print("tensorboard is not installed: logging to CSV only (pip install tensorboard)")
     start = 0
     if resume:
         ckpt = load_checkpoint(run_dir)
         model.load_state_dict(ckpt["model"])
+        if loss_module.critic is not None:
+            loss_module.critic.load_state_dict(ckpt["critic"])
         optimizer.load_state_dict(ckpt["optimizer"])
         env.load_state_dict(ckpt["env"]["train"])
         if eval_env is not None and "eval" in ckpt["env"]:
@@ -177,6 +195,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             optimizer=optimizer,
             env_state=envs_state,
             rng=rng_state(sampler),
+            critic=loss_module.critic,
         )
 
     stop = {"requested": False}
@@ -188,27 +207,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         print("\ninterrupt: finishing this iteration, saving a checkpoint, exiting (Ctrl-C again to abort)")
 
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
-
-    def log(name: str, value: float, step: int) -> None:
-        if value is None or not math.isfinite(value):
-            return
-        logger.log_scalar(name, float(value), step=step)
-        if tb_logger is not None:
-            tb_logger.log_scalar(name, float(value), step=step)
-
-    def micro_batches(n: int):
-        size = cfg.train.micro_batch_size
-        return [slice(i, min(n, i + size)) for i in range(0, n, size)]
-
-    # How the no-grad old-policy and reference passes run (the same for every iteration).
-    log_prob_pass = dict(
-        micro_batch_size=cfg.train.micro_batch_size,
-        shared_prompt_pass=cfg.train.shared_prompt_pass,
-        tokenizer=tokenizer,
-    )
-
-    def separator_ended(ids: list[int]) -> bool:
-        return completes_step(tokenizer.decode(ids[-4:], skip_special_tokens=False), cfg.env.step_separator)
 
     print(
         f"setup {time.perf_counter() - t_setup:.1f}s: {start_model} ({cfg.policy.backend}), "
@@ -229,52 +227,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         rollout_s = time.perf_counter() - t0
         reward_s = env.reward_seconds
 
-        # 2. Tokens, reference log-probs, KL in the reward (k1), credit assignment.
+        # 2. Tokens, old-policy and reference log-probs, KL in the reward (k1), credit assignment.
         t1 = time.perf_counter()
-        tokens = build_token_batch(
-            traj,
-            policy.prompt_ids,
-            eos_token_ids=policy.eos_token_ids,
-            separator_check=separator_ended,
-            mask_separator_tokens=cfg.algo.mask_separator_tokens,
-            pad_id=tokenizer.pad_token_id or 0,
-        )
-        n_seq = tokens.shape[0]
-        need_old = cfg.train.ppo_epochs > 1 or reference is not None
-        if need_old:
-            old = batch_log_probs(model, tokens, **log_prob_pass)
-            if cfg.train.ppo_epochs > 1:
-                tokens["old_log_prob"] = old
-        if reference is not None:
-            ref = batch_log_probs(reference, tokens, **log_prob_pass)
-            tokens["ref_log_prob"] = ref
-            if cfg.algo.kl_estimator == "k1":
-                kl_steps = step_sums((old - ref) * tokens["response_mask"], tokens, traj.shape[1])
-                traj["extra_reward"] = -cfg.algo.kl_coef * kl_steps
-        estimator(traj)
-        tokens["advantage"] = token_advantages(traj["advantage"].reshape(traj.shape), tokens)
+        tokens = policy_token_batch(traj, policy, cfg)
+        add_credit(traj, tokens, model, reference, estimator, cfg, tokenizer=tokenizer)
 
         # 3. PPO update: micro-batches with gradient accumulation, one optimiser step per epoch.
-        stats = {"loss": 0.0, "loss_objective": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "kl": 0.0, "grad_norm": 0.0}
-        model.train()
-        for _ in range(cfg.train.ppo_epochs):
-            optimizer.zero_grad(set_to_none=True)
-            for mb in micro_batches(n_seq):
-                out = loss_module(tokens[mb])
-                weight = (mb.stop - mb.start) / n_seq
-                total = out["loss_objective"] + out["loss_entropy"] + out["loss_kl"]
-                (total * weight).backward()
-                for key in ("loss_objective", "entropy", "clip_fraction", "kl"):
-                    stats[key] += out[key].item() * weight / cfg.train.ppo_epochs
-                stats["loss"] += total.item() * weight / cfg.train.ppo_epochs
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                optimizer.zero_grad(set_to_none=True)
-                print(f"iteration {step}: non-finite gradient norm, update skipped")
-            else:
-                optimizer.step()
-            stats["grad_norm"] += grad_norm.item() / cfg.train.ppo_epochs
-        model.eval()
+        stats = ppo_update(loss_module, optimizer, tokens, traj, cfg)
         update_s = time.perf_counter() - t1
 
         # 4. Weight sync: the generation engine samples from the updated policy next iteration.
@@ -296,7 +255,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.iterations):
             metrics.update(evaluate(eval_env, policy))
         for name, value in metrics.items():
-            log(name, value, step)
+            loggers.log_scalar(name, value, step)
         history.append({"iteration": step, **metrics})
         progress.set_postfix(
             reward=f"{metrics['reward_return']:.2f}",
@@ -313,6 +272,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             break
     progress.close()
     collector.shutdown()
+    loggers.close()
     signal.signal(signal.SIGINT, previous_handler)
 
     # --- artefacts: plot and summary ----------------------------------------------------------------------
@@ -328,6 +288,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
     return summary
+
+
+def log_probs_with_entropy(model, tokens, with_entropy: bool, *, shared_prompt_pass: bool):
+    """The loss's forward pass (``StepTokenPPOLoss.log_prob_fn``): :func:`agents.log_probs.sequence_log_probs`."""
+    from agents.log_probs import sequence_log_probs
+
+    return sequence_log_probs(model, tokens, shared_prompt_pass=shared_prompt_pass, with_entropy=with_entropy)
 
 
 def print_sample(traj, step: int) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -222,26 +223,32 @@ def warmed_up_model(cfg) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from pure_rl.config import load_config
+    from pure_rl.config import ConfigError, load_config
 
     p = argparse.ArgumentParser(prog="python -m pure_rl.warmup", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="run config: its policy.model is the starting point")
     p.add_argument("--out", required=True, help="folder to save the warmed-up model in")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("overrides", nargs="*")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides; the warm-up reads the config's warmup section, e.g. warmup.steps=300 warmup.lr=3e-3",
+    )
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    if cfg.warmup.steps == 0:
+        sys.exit("config error: warmup.steps is 0 in this config; pass e.g. warmup.steps=300")
     out = Path(args.out)
     losses = warmup_configured_policy(
         cfg,
         out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
+        steps=cfg.warmup.steps,
+        batch_size=cfg.warmup.batch_size,
+        lr=cfg.warmup.lr,
         seed=cfg.train.seed,
-        log_every=max(1, args.steps // 10),
+        log_every=max(1, cfg.warmup.steps // 10),
     )
     print(f"saved warmed-up model to {out} (loss {losses[0]:.3f} -> {losses[-1]:.3f}); use policy.model={out}")
     return out

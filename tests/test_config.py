@@ -48,7 +48,17 @@ def test_int_accepted_for_float():
     [
         ("algo.temprature=0.1", r"unknown key algo\.temprature; did you mean algo\.temperature"),
         ("algorithm.temperature=0.1", r"unknown key algorithm"),
-        ("algo.baseline=median", r"algo\.baseline='median'.*one of \['rloo_token', 'rloo', 'grpo', 'none'\]"),
+        (
+            "algo.baseline=median",
+            r"algo\.baseline='median'.*registered baselines: \['grpo', 'none', 'rloo', 'rloo_token'\]",
+        ),
+        ("algo.estimator=min_from", r"algo\.estimator='min_from'.*did you mean 'min_form'.*registered estimators"),
+        ("env.prm=hff", r"env\.prm='hff'.*registered prms: \['arithmetic_rule', 'hf'\]"),
+        ("env.verifier=exact", r"env\.verifier='exact'.*registered verifiers: \['math'\]"),
+        ("log.loggers=[csv, neptune]", r"log\.loggers='neptune'.*registered loggers"),
+        ("env.reward_mode=both", r"env\.reward_mode='both' is not allowed; choices: \['prm\+vr', 'prm', 'vr'\]"),
+        ("train.lr=.inf", r"train\.lr: expected a finite number"),
+        ("plugins=[no_such_plugin_module]", r"plugins: module 'no_such_plugin_module' failed to import"),
         ("algo.clip_epsilon=0", r"algo\.clip_epsilon=0\.0 .* > 0"),
         ("algo.temperature=-1", r"algo\.temperature=-1\.0 .*>= 0"),
         ("train.iterations=1.5", r"train\.iterations: expected int"),
@@ -130,14 +140,9 @@ def test_base_cycle_and_missing_base_are_errors(tmp_path):
     ],
 )
 def test_ablation_configs_differ_from_the_default_in_one_key(name, difference):
-    from pure_rl.config import config_to_dict
+    from pure_rl.config import flat_config
 
-    default = config_to_dict(load_config(CONFIGS / "default.yaml"))
-    ablation = config_to_dict(load_config(CONFIGS / f"{name}.yaml"))
-    changed = {
-        f"{section}.{key}": value
-        for section in ablation
-        for key, value in ablation[section].items()
-        if default[section][key] != value and key != "name"
-    }
+    default = flat_config(load_config(CONFIGS / "default.yaml"))
+    ablation = flat_config(load_config(CONFIGS / f"{name}.yaml"))
+    changed = {key: value for key, value in ablation.items() if default[key] != value and key != "log.name"}
     assert changed == difference

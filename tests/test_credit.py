@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pure_rl.credit import (
+from pure_rl.objectives.credit import (
     group_leave_one_out_mean,
     group_mean_std,
     min_form_returns,

@@ -16,7 +16,8 @@ from envs.rule_prm import ArithmeticRulePRM
 from envs.steps import split_text_steps
 from envs.tasks import ArithmeticTask, Problem
 from pure_rl.config import load_config
-from pure_rl.estimators import MinFormEstimator
+from pure_rl.objectives.estimators import MinFormEstimator
+from pure_rl.rollout import rollout_responses
 
 ARITH = ArithmeticTask(difficulty=1, seed=0)
 
@@ -242,7 +243,7 @@ def test_whole_response_and_stepwise_give_the_same_trajectory(tiny_tokenizer):
     responses = [[*tok.encode(t), eos] for t in texts[:3]] + [tok.encode(texts[3])]
     kw = dict(batch_size=4, group_size=2, max_steps=4)
     env_a = ReasoningStepEnv(ARITH, ArithmeticRulePRM(), **kw)
-    whole = env_a.rollout_responses(responses, tok, [eos])
+    whole = rollout_responses(env_a, responses, tok, [eos])
     env_b = ReasoningStepEnv(ARITH, ArithmeticRulePRM(), **kw)
     stepwise = run_episode(env_b, [split_text_steps(t) for t in texts])
     k = whole.shape[1]

@@ -10,9 +10,9 @@ from torch.distributions import Categorical
 from torchrl.modules import ProbabilisticActor
 from torchrl.objectives.value import ValueEstimatorBase
 
-from pure_rl.credit import min_form_returns, step_advantages, sum_form_returns
-from pure_rl.estimators import MinFormEstimator, PureValueEstimators, SumFormEstimator
-from pure_rl.loss import PUREPPOLoss
+from pure_rl.objectives.credit import min_form_returns, step_advantages, sum_form_returns
+from pure_rl.objectives.estimators import MinFormEstimator, SumFormEstimator
+from pure_rl.objectives.loss import PUREPPOLoss
 
 OBS, ACTIONS = 8, 5
 
@@ -137,7 +137,7 @@ def test_no_critic_in_the_paper():
 
 @pytest.mark.parametrize(
     "value_type,cls",
-    [("min_form", MinFormEstimator), ("sum_form", SumFormEstimator), (PureValueEstimators.MIN_FORM, MinFormEstimator)],
+    [("min_form", MinFormEstimator), ("sum_form", SumFormEstimator), (MinFormEstimator, MinFormEstimator)],
 )
 def test_ppo_loss_selects_estimator_by_name(value_type, cls):
     loss = PUREPPOLoss(make_actor(), critic_network=None)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pure_rl.config import ConfigError, config_to_dict, load_config
+from pure_rl.config import ConfigError, flat_config, load_config
+from pure_rl.experiments.sweep import comparison_table, load_spec, run_overrides, run_state
 from pure_rl.plots import smooth
-from pure_rl.sweep import comparison_table, load_spec, run_overrides, run_state
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "configs" / "sweeps"
@@ -84,10 +84,10 @@ def test_a_run_folder_of_another_config_is_refused(tmp_path):
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml")
     save_config(cfg, tmp_path / "config.yaml")
-    assert run_state(tmp_path, config_to_dict(cfg), cfg.train.iterations) == "new"
+    assert run_state(tmp_path, flat_config(cfg), cfg.train.iterations) == "new"
     other = load_config(ROOT / "configs" / "tiny.yaml", ["train.lr=0.5"])
     with pytest.raises(ConfigError, match=r"train\.lr"):
-        run_state(tmp_path, config_to_dict(other), other.train.iterations)
+        run_state(tmp_path, flat_config(other), other.train.iterations)
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_small_sweep_runs_end_to_end_at_reduced_size(tmp_path):
     """The machinery only: warm-up, every method x 2 seeds, results, figure, table; no claim on who wins."""
     out = tmp_path / "sweep"
     cmd = [
-        sys.executable, "-m", "pure_rl.sweep", str(SWEEPS / "small.yaml"), "--out", str(out),
+        sys.executable, "-m", "pure_rl.experiments.sweep", str(SWEEPS / "small.yaml"), "--out", str(out),
         "--iterations", "3", "--seeds", "0", "1", "--warmup-steps", "3", "--jobs", "2",
         "--set", "train.prompts_per_iter=2", "train.eval_every=3", "train.eval_prompts=4", "env.max_tokens=32",
     ]  # fmt: skip

@@ -1,9 +1,10 @@
 """TorchRL value estimators for step-level reasoning trajectories: min-form (PURE) and sum-form credit.
 
-Thin modules over :mod:`pure_rl.credit` that bind tensordict keys the TorchRL way (``_AcceptedKeys``,
-``set_keys``) and register themselves so a PPO loss selects them by name::
+Thin modules over :mod:`pure_rl.objectives.credit` that bind tensordict keys the TorchRL way (``_AcceptedKeys``,
+``set_keys``) and register themselves by name (:mod:`pure_rl.registry`, kind ``estimator``, with their own config
+keys), so a PPO loss and the config's ``algo.estimator`` select them::
 
-    loss = PUREPPOLoss(actor)                     # pure_rl.loss
+    loss = PUREPPOLoss(actor)                     # pure_rl.objectives.loss
     loss.make_value_estimator("min_form", temperature=0.1, baseline="rloo_token", vr_coef=1.0)
 
 Data layout: a tensordict with batch dims ``[..., steps]`` (time last), one entry per reasoning step:
@@ -24,25 +25,18 @@ Writes ``"advantage"`` and ``"value_target"`` ``[..., K, 1]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torch import Tensor
-from torchrl.objectives.utils import register_value_estimator
 from torchrl.objectives.value import ValueEstimatorBase
 
-from pure_rl import credit
+from pure_rl import registry
+from pure_rl.objectives import credit
+from pure_rl.registry import opt
 
-__all__ = ["MinFormEstimator", "PureValueEstimators", "StepCreditEstimator", "SumFormEstimator"]
-
-
-class PureValueEstimators(Enum):
-    """Names of PURE's estimators in TorchRL's registry (``make_value_estimator("min_form")`` works)."""
-
-    MIN_FORM = "Min-form credit: return is the minimum future process reward (PURE)"
-    SUM_FORM = "Sum-form credit: canonical discounted sum of future process rewards"
+__all__ = ["MinFormEstimator", "MinFormOptions", "StepCreditEstimator", "SumFormEstimator"]
 
 
 class StepCreditEstimator(ValueEstimatorBase):
@@ -52,11 +46,13 @@ class StepCreditEstimator(ValueEstimatorBase):
         form: ``"min_form"`` or ``"sum_form"`` (subclasses fix it).
         temperature: softmin temperature for min-form; None or 0 for the exact min. Default 0.1 (the paper).
         gamma: discount; default 1.0 (the paper).
-        baseline: ``"rloo_token"`` (default, the reference code's), ``"rloo"``, ``"grpo"`` or ``"none"``.
+        baseline: a registered baseline name: ``"rloo_token"`` (default, the reference code's), ``"rloo"``,
+            ``"grpo"``, ``"none"``, or a plug-in's.
         vr_coef: coefficient ``c_vr`` of the verifiable reward; 0 (default) disables it.
         whiten: whiten advantages over the batch's valid steps, weighted by tokens per step. Default True.
-        value_network: must be None: the paper uses no critic. The argument exists so that a learned
-            (min-form) critic can be added later without changing callers.
+        value_network: must be None: these forms are critic-free, as the paper is. An estimator with a learned
+            critic subclasses ``ValueEstimatorBase`` with its own ``value_network`` (the PPO loss then trains it:
+            ``StepTokenPPOLoss.loss_critic``); ``examples/min_form_critic`` is one.
     """
 
     @dataclass
@@ -109,15 +105,14 @@ class StepCreditEstimator(ValueEstimatorBase):
     ):
         if value_network is not None:
             raise NotImplementedError(
-                "A learned critic is not part of PURE (the paper is critic-free); "
-                "pass value_network=None. A min-form critic (target min(r_k, V(s_{k+1}))) is a planned extension."
+                f"{type(self).__name__} is critic-free (as the paper); pass value_network=None, or select an "
+                "estimator with a learned critic (examples/min_form_critic registers one)"
             )
         super().__init__(value_network=None, differentiable=differentiable, device=device, **kwargs)
         form = form or self.form
         if form not in credit.FORMS:
             raise ValueError(f"form must be one of {credit.FORMS}, got {form!r}")
-        if baseline not in credit.BASELINES:
-            raise ValueError(f"baseline must be one of {credit.BASELINES}, got {baseline!r}")
+        self._baseline = registry.entry("baseline", baseline)  # an unknown name lists the registered ones
         if temperature is not None and temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 or None: exact min), got {temperature}")
         if not 0.0 <= gamma <= 1.0:
@@ -136,7 +131,7 @@ class StepCreditEstimator(ValueEstimatorBase):
             ("next", self.tensor_keys.done),
             self.tensor_keys.group_id,
         ]
-        if self.baseline == "rloo_token":
+        if self._baseline.meta.get("needs_step_tokens"):
             keys.append(self.tensor_keys.step_tokens)
         if self.vr_coef != 0:
             keys.append(("next", self.tensor_keys.verifier_reward))
@@ -190,7 +185,10 @@ class StepCreditEstimator(ValueEstimatorBase):
         group_ids = self._step_tensor(tensordict, self.tensor_keys.group_id)[..., 0]
         flat = (-1, n_steps)
         step_tokens = None
-        if self.baseline == "rloo_token" or tensordict.get(self.tensor_keys.step_tokens, None) is not None:
+        if (
+            self._baseline.meta.get("needs_step_tokens")
+            or tensordict.get(self.tensor_keys.step_tokens, None) is not None
+        ):
             step_tokens = self._step_tensor(tensordict, self.tensor_keys.step_tokens).reshape(flat)
         correct = has_reference = None
         if self.vr_coef != 0:
@@ -211,7 +209,7 @@ class StepCreditEstimator(ValueEstimatorBase):
             form=self.form,
             temperature=self.temperature,
             gamma=self.gamma,
-            baseline=self.baseline,
+            baseline=self._baseline.obj,
             correct=correct,
             has_reference=has_reference,
             vr_coef=self.vr_coef,
@@ -221,10 +219,19 @@ class StepCreditEstimator(ValueEstimatorBase):
         return advantage.reshape(shape).unsqueeze(-1), value_target.reshape(shape).unsqueeze(-1)
 
 
-@register_value_estimator(
-    PureValueEstimators.MIN_FORM,
-    default_kwargs={"temperature": 0.1, "gamma": 1.0, "baseline": "rloo_token", "vr_coef": 0.0, "whiten": True},
-)
+@dataclass
+class MinFormOptions:
+    """Min-form's own config keys (``algo.*``)."""
+
+    temperature: float = opt(
+        0.1,
+        "min-form softmin temperature T; 0 means the exact min",
+        check=lambda v: v >= 0,
+        allowed=">= 0 (0 = exact min)",
+    )
+
+
+@registry.register("estimator", "min_form", options=MinFormOptions)
 class MinFormEstimator(StepCreditEstimator):
     """PURE's min-form credit: ``G_k = min_{j>=k} r_j`` (exact) or its softmin form (``temperature > 0``).
 
@@ -238,10 +245,7 @@ class MinFormEstimator(StepCreditEstimator):
         super().__init__(form="min_form", **kwargs)
 
 
-@register_value_estimator(
-    PureValueEstimators.SUM_FORM,
-    default_kwargs={"gamma": 1.0, "baseline": "rloo_token", "vr_coef": 0.0, "whiten": True},
-)
+@registry.register("estimator", "sum_form")
 class SumFormEstimator(StepCreditEstimator):
     """Canonical sum-form credit ``G_k = sum_{j>=k} gamma^(j-k) r_j``: the baseline PURE is compared with.
 

@@ -1,34 +1,42 @@
 """The PPO loss PURE trains with, as a TorchRL loss that selects PURE's estimators by name.
 
 TorchRL's ``ClipPPOLoss`` only dispatches the estimators it lists in ``SUPPORTED_VALUE_ESTIMATORS``;
-this subclass adds min-form and sum-form credit (registered in :mod:`pure_rl.estimators`) and makes
-min-form the default, so ``loss.make_value_estimator("min_form", temperature=0.1)`` works. The paper is
-critic-free: build it with ``critic_network=None`` and run the estimator before the loss (TorchRL's PPO
-refuses to compute an advantage inside ``forward`` without a critic).
+this subclass also builds every estimator registered under ``estimator`` in :mod:`pure_rl.registry` (min-form,
+sum-form, and any plug-in's) and makes min-form the default, so ``loss.make_value_estimator("min_form",
+temperature=0.1)`` works. The paper is critic-free: build it with ``critic_network=None`` and run the estimator
+before the loss (TorchRL's PPO refuses to compute an advantage inside ``forward`` without a critic).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.common import LossModule
 
-from agents.log_probs import response_log_probs, token_log_probs
-from pure_rl.estimators import PureValueEstimators
+from pure_rl import registry
+from pure_rl.objectives.credit import valid_steps_from_done
 
 __all__ = ["PUREPPOLoss", "StepTokenPPOLoss"]
 
+# (model, token batch, with_entropy) -> (log_probs [B, T], entropy [B, T] or None)
+LogProbFn = Callable[[torch.nn.Module, TensorDictBase, bool], tuple[torch.Tensor, torch.Tensor | None]]
+
 
 class PUREPPOLoss(ClipPPOLoss):
-    """``ClipPPOLoss`` that also accepts ``"min_form"`` and ``"sum_form"`` value estimators."""
+    """``ClipPPOLoss`` that also builds the value estimators registered by name (``"min_form"``, ``"sum_form"``,
+    a plug-in's), with the keyword arguments given."""
 
-    SUPPORTED_VALUE_ESTIMATORS = (
-        *ClipPPOLoss.SUPPORTED_VALUE_ESTIMATORS,
-        PureValueEstimators.MIN_FORM,
-        PureValueEstimators.SUM_FORM,
-    )
-    default_value_estimator = PureValueEstimators.MIN_FORM
+    default_value_estimator = "min_form"
+
+    def make_value_estimator(self, value_type=None, **hyperparams):
+        value_type = self.default_value_estimator if value_type is None else value_type
+        if isinstance(value_type, str) and value_type in registry.names("estimator"):
+            return LossModule.make_value_estimator(self, registry.get("estimator", value_type), **hyperparams)
+        return super().make_value_estimator(value_type, **hyperparams)
 
 
 class StepTokenPPOLoss(PUREPPOLoss):
@@ -43,8 +51,12 @@ class StepTokenPPOLoss(PUREPPOLoss):
     ``forward`` takes a token batch (``input_ids``, ``attention_mask``, ``response_mask``, ``advantage``
     ``[B, T]``, ``prompt_length`` ``[B]``, optionally ``old_log_prob`` and ``ref_log_prob``) and returns
     ``loss_objective``, ``loss_entropy``, ``loss_kl`` and diagnostics. Without ``old_log_prob`` the batch is
-    on-policy and the ratio is exactly 1 (one PPO epoch). With ``shared_prompt_pass`` the forward pass runs each
-    group's shared prompt once (:func:`~agents.log_probs.response_log_probs`); otherwise whole sequences.
+    on-policy and the ratio is exactly 1 (one PPO epoch). ``log_prob_fn`` is the policy's forward pass
+    (``agents.log_probs.sequence_log_probs``: each group's shared prompt once, or whole sequences); the loss
+    itself knows no model internals.
+
+    An estimator with a learned critic (a ``value_network``) gets its value term from :meth:`loss_critic` on the
+    step batch: ``critic_coef * mean over valid steps of (V(s_k) - value_target_k)^2 / 2``.
     """
 
     def __init__(
@@ -55,7 +67,8 @@ class StepTokenPPOLoss(PUREPPOLoss):
         entropy_coef: float = 0.0,
         kl_coef: float = 0.001,
         kl_estimator: str = "k1",
-        shared_prompt_pass: bool = True,
+        critic_coef: float = 0.5,
+        log_prob_fn: LogProbFn,
     ):
         if kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
@@ -65,17 +78,29 @@ class StepTokenPPOLoss(PUREPPOLoss):
         self.entropy_coef = entropy_coef
         self.kl_coef = kl_coef
         self.kl_estimator = kl_estimator
-        self.shared_prompt_pass = shared_prompt_pass
+        self.critic_coef = critic_coef
+        self.log_prob_fn = log_prob_fn
+
+    @property
+    def critic(self) -> torch.nn.Module | None:
+        """The value estimator's learned critic, or None (critic-free credit)."""
+        estimator = getattr(self, "_value_estimator", None)
+        return getattr(estimator, "value_network", None)
+
+    def loss_critic(self, steps: TensorDictBase) -> torch.Tensor:
+        """The value term on a step batch ``[N, K]`` whose ``value_target`` the estimator wrote: the critic's
+        squared error over valid steps, times ``critic_coef`` (0 without a critic)."""
+        critic = self.critic
+        if critic is None:
+            return torch.zeros(())
+        keys = self.value_estimator.tensor_keys
+        value = critic(steps.copy()).get(keys.value).reshape(steps.shape)
+        target = steps.get(keys.value_target).reshape(steps.shape).to(value.dtype)
+        mask = valid_steps_from_done(steps.get(("next", keys.done)).reshape(steps.shape)).to(value.dtype)
+        return self.critic_coef * 0.5 * (((value - target) ** 2) * mask).sum() / mask.sum().clamp(min=1)
 
     def forward(self, tokens: TensorDictBase) -> TensorDict:
-        if self.shared_prompt_pass:
-            log_probs, entropy = response_log_probs(
-                self.model, tokens["input_ids"], tokens["attention_mask"], tokens["prompt_length"], with_entropy=True
-            )
-        else:
-            log_probs, entropy = token_log_probs(
-                self.model, tokens["input_ids"], tokens["attention_mask"], with_entropy=True
-            )
+        log_probs, entropy = self.log_prob_fn(self.model, tokens, True)
         device = log_probs.device
         mask = tokens["response_mask"].to(device).to(log_probs.dtype)
         n_tokens = mask.sum(-1).clamp(min=1)

@@ -8,17 +8,27 @@ Group-level functions (baselines, the verifier term) take one value per trajecto
 ``group_ids [N]``: trajectories sampled from the same prompt share a group id. Any integers work; they need
 not be contiguous.
 
-This module imports only torch, so estimators, losses and outside code can all build on it.
+Baselines are named functions ``baseline(batch: CreditBatch) -> advantages [N, K]``, registered with
+``@register("baseline", name)`` (:mod:`pure_rl.registry`) and selected by ``step_advantages(..., baseline=name)``
+or the config's ``algo.baseline``; a new one needs no edit here.
+
+This module imports only torch and the (standard-library) registry, so estimators, losses and outside code can
+all build on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from pure_rl.registry import entry, register
+
 __all__ = [
-    "BASELINES",
     "FORMS",
+    "CreditBatch",
     "group_leave_one_out_mean",
     "group_mean_std",
     "last_step_index",
@@ -35,7 +45,6 @@ __all__ = [
 ]
 
 FORMS = ("min_form", "sum_form")
-BASELINES = ("rloo_token", "rloo", "grpo", "none")
 
 
 def _check_mask(rewards: Tensor, mask: Tensor) -> Tensor:
@@ -279,6 +288,76 @@ def whiten(values: Tensor, mask: Tensor, weights: Tensor | None = None, eps: flo
     return (values - mean) / (var.sqrt() + eps) * mask
 
 
+@dataclass(frozen=True)
+class CreditBatch:
+    """What a baseline sees: one step batch after the credit form, all ``[N, K]`` unless noted, 0 on padding.
+
+    Attributes:
+        step_rewards: ``d_k``, the per-step rewards whose return-to-go is the process return (plus any extra
+            per-step reward, e.g. the k1 KL penalty).
+        process_returns: ``G``, the credit form's return of the process rewards alone.
+        value_targets: the return-to-go of ``d`` plus the raw VR term ``c_vr (v - 1)`` at the last step.
+        mask: bool valid steps.
+        group_ids: ``[N]`` prompt group of each trajectory.
+        step_tokens: tokens per step, or None when the batch has none.
+        correct: ``[N]`` verifier outcome, or None without a VR term.
+        has_reference: ``[N]`` bool prompts with a reference answer, or None (all have one).
+        vr_coef: ``c_vr`` (0: no VR term).
+        gamma: the discount.
+    """
+
+    step_rewards: Tensor
+    process_returns: Tensor
+    value_targets: Tensor
+    mask: Tensor
+    group_ids: Tensor
+    step_tokens: Tensor | None
+    correct: Tensor | None
+    has_reference: Tensor | None
+    vr_coef: float
+    gamma: float
+
+    def loo_verifier_term(self) -> Tensor:
+        """``[N]``: the VR term with its own leave-one-out baseline, ``c_vr (v_i - mean_{j != i} v_j)`` (0 without
+        VR)."""
+        if self.vr_coef == 0.0:
+            return torch.zeros(self.mask.shape[0], dtype=self.step_rewards.dtype, device=self.mask.device)
+        term = verifier_term(self.correct, self.group_ids, self.vr_coef, self.has_reference, leave_one_out=True)
+        return term.to(self.step_rewards.dtype)
+
+
+@register("baseline", "rloo_token", needs_group=True, needs_step_tokens=True)
+def rloo_token_advantages(batch: CreditBatch) -> Tensor:
+    """The reference code's default: step rewards minus ``b_i * ntok_ik`` (RLOO token baseline on ``R_i = G_i1``),
+    plus the VR term with its own leave-one-out baseline at the last step, then the return-to-go."""
+    if batch.step_tokens is None:
+        raise ValueError("baseline 'rloo_token' needs step_tokens [N, K] (tokens per step)")
+    ntok = batch.step_tokens.to(batch.step_rewards.dtype) * batch.mask
+    b = rloo_token_baseline(batch.process_returns[:, 0], ntok.sum(-1), batch.group_ids)
+    adjusted = batch.step_rewards - b[:, None] * ntok + place_at_last_step(batch.loo_verifier_term(), batch.mask)
+    return sum_form_returns(adjusted, batch.mask, batch.gamma)
+
+
+@register("baseline", "rloo", needs_group=True)
+def rloo_advantages(batch: CreditBatch) -> Tensor:
+    """Value target minus the leave-one-out mean of the group's first-step targets."""
+    loo = group_leave_one_out_mean(batch.value_targets[:, 0], batch.group_ids)
+    return (batch.value_targets - loo[:, None]) * batch.mask
+
+
+@register("baseline", "grpo", needs_group=True)
+def grpo_advantages(batch: CreditBatch) -> Tensor:
+    """Value target minus the group mean of first-step targets, over the group's standard deviation."""
+    mean, std = group_mean_std(batch.value_targets[:, 0], batch.group_ids)
+    return (batch.value_targets - mean[:, None]) / (std[:, None] + 1e-6) * batch.mask
+
+
+@register("baseline", "none")
+def no_baseline(batch: CreditBatch) -> Tensor:
+    """The value target itself."""
+    return batch.value_targets.clone()
+
+
 def step_advantages(
     rewards: Tensor,
     mask: Tensor,
@@ -288,24 +367,19 @@ def step_advantages(
     form: str = "min_form",
     temperature: float | None = 0.1,
     gamma: float = 1.0,
-    baseline: str = "rloo_token",
+    baseline: str | Callable[[CreditBatch], Tensor] = "rloo_token",
     correct: Tensor | None = None,
     has_reference: Tensor | None = None,
     vr_coef: float = 0.0,
     whiten_advantages: bool = False,
     extra_rewards: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The whole of PURE's credit assignment for a step-level batch (spec sections 3-5).
+    """The whole of PURE's credit assignment for a step-level batch (docs/spec.md sections 3-5).
 
     1. Process returns ``G`` of ``rewards`` in the chosen form (min exact/softmin, or sum).
     2. The value target adds the raw VR term ``c_vr (v - 1)`` at the last step (then return-to-go).
-    3. Advantages by ``baseline``:
-       - ``rloo_token``: step rewards ``d_k`` of ``G`` minus ``b_i * ntok_ik`` (RLOO token baseline on
-         ``R_i = G_i1``), plus the VR term with its own leave-one-out baseline at the last step, then
-         return-to-go (the reference code's default);
-       - ``rloo``: value target minus the leave-one-out mean of the trajectories' first-step targets;
-       - ``grpo``: value target minus the group mean, over the group std;
-       - ``none``: the value target itself.
+    3. Advantages by ``baseline``, a registered name or a function of a :class:`CreditBatch`: ``rloo_token``
+       (the reference code's default), ``rloo``, ``grpo``, ``none`` (see each function), or a plug-in's.
     4. Optionally whiten over valid steps (weighted by tokens per step when given).
 
     ``extra_rewards`` are per-step rewards outside the credit form (the k1 KL penalty of the reference code,
@@ -320,7 +394,7 @@ def step_advantages(
         form: ``"min_form"`` or ``"sum_form"``.
         temperature: softmin T for ``min_form`` (None or 0: exact min).
         gamma: discount (the paper uses 1).
-        baseline: one of ``BASELINES``.
+        baseline: a registered baseline name, or a baseline function.
         correct: ``[N]`` verifier outcome (needed when ``vr_coef != 0``).
         has_reference: ``[N]`` bool, prompts with a reference answer (others get no VR term).
         vr_coef: ``c_vr``; 0 disables the VR term.
@@ -335,8 +409,7 @@ def step_advantages(
         raise ValueError(f"step_advantages takes rewards [N, K], got shape {tuple(rewards.shape)}")
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    baseline_fn = entry("baseline", baseline).obj if isinstance(baseline, str) else baseline
     if form == "min_form":
         process_returns = min_form_returns(rewards, mask, temperature)
         if gamma != 1.0:
@@ -348,36 +421,27 @@ def step_advantages(
     if extra_rewards is not None:
         d = d + extra_rewards.to(d.dtype) * mask
 
-    use_vr = vr_coef != 0.0
-    if use_vr and correct is None:
+    if vr_coef != 0.0 and correct is None:
         raise ValueError("vr_coef != 0 needs the verifier outcome `correct` [N]")
-    zeros = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     raw_vr = (
         verifier_term(correct, group_ids, vr_coef, has_reference, leave_one_out=False).to(rewards.dtype)
-        if use_vr
-        else zeros
+        if vr_coef != 0.0
+        else torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     )
     value_targets = sum_form_returns(d + place_at_last_step(raw_vr, mask), mask, gamma)
-
-    if baseline == "rloo_token":
-        if step_tokens is None:
-            raise ValueError("baseline 'rloo_token' needs step_tokens [N, K] (tokens per step)")
-        ntok = step_tokens.to(rewards.dtype) * mask
-        b = rloo_token_baseline(process_returns[:, 0], ntok.sum(-1), group_ids)
-        loo_vr = (
-            verifier_term(correct, group_ids, vr_coef, has_reference, leave_one_out=True).to(rewards.dtype)
-            if use_vr
-            else zeros
-        )
-        adjusted = d - b[:, None] * ntok + place_at_last_step(loo_vr, mask)
-        advantages = sum_form_returns(adjusted, mask, gamma)
-    elif baseline == "rloo":
-        advantages = (value_targets - group_leave_one_out_mean(value_targets[:, 0], group_ids)[:, None]) * mask
-    elif baseline == "grpo":
-        mean, std = group_mean_std(value_targets[:, 0], group_ids)
-        advantages = (value_targets - mean[:, None]) / (std[:, None] + 1e-6) * mask
-    else:
-        advantages = value_targets.clone()
+    batch = CreditBatch(
+        step_rewards=d,
+        process_returns=process_returns,
+        value_targets=value_targets,
+        mask=mask,
+        group_ids=group_ids,
+        step_tokens=step_tokens,
+        correct=correct,
+        has_reference=has_reference,
+        vr_coef=vr_coef,
+        gamma=gamma,
+    )
+    advantages = baseline_fn(batch)
 
     if whiten_advantages:
         weights = None if step_tokens is None else step_tokens.to(rewards.dtype)

@@ -1,4 +1,4 @@
-"""Method x seed sweeps: ``python -m pure_rl.sweep configs/sweeps/NAME.yaml [--out DIR] [--jobs N]``.
+"""Method x seed sweeps: ``python -m pure_rl.experiments.sweep configs/sweeps/NAME.yaml [--out DIR] [--jobs N]``.
 
 A sweep spec (YAML) names a base run config, overrides shared by every run, optional supervised warm-up of a
 tiny model (its folder becomes ``policy.model``), the seeds and the methods (each a set of overrides). Every
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pure_rl.config import ConfigError, config_to_dict, load_config
+from pure_rl.config import ConfigError, flat_config, load_config
 from pure_rl.plots import smooth
 
 __all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_sweep"]
@@ -162,14 +162,9 @@ def run_state(run_dir: Path, expected: dict, iterations: int) -> str:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return "new"
-    have = config_to_dict(load_config(saved))
+    have = flat_config(load_config(saved))
     if have != expected:
-        diff = sorted(
-            f"{s}.{k}: {have[s].get(k)!r} (there) vs {v!r} (sweep)"
-            for s in expected
-            for k, v in expected[s].items()
-            if have.get(s, {}).get(k) != v
-        )
+        diff = sorted(f"{k}: {have.get(k)!r} (there) vs {v!r} (sweep)" for k, v in expected.items() if have.get(k) != v)
         raise ConfigError(f"{run_dir} holds a different run ({'; '.join(diff)}): delete it or use another --out")
     summary = run_dir / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("iterations") == iterations:
@@ -215,7 +210,7 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
             overrides = run_overrides(spec, method, seed, model_dir)
             cfg = load_config(REPO_ROOT / spec.config, overrides)
             run_dir = out / method / f"seed{seed}"
-            state = run_state(run_dir, config_to_dict(cfg), cfg.train.iterations)
+            state = run_state(run_dir, flat_config(cfg), cfg.train.iterations)
             runs.append((method, seed, run_dir, overrides, state, cfg.train.iterations))
     todo = [r for r in runs if r[4] != "done"]
     if report_only and todo:
@@ -247,7 +242,7 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
     if not report_only:  # a --report only rebuilds the artefacts: it is not part of the sweep's wall time
         invocations.append(
             {
-                "command": " ".join(["python -m pure_rl.sweep", *sys.argv[1:]]),
+                "command": " ".join(["python -m pure_rl.experiments.sweep", *sys.argv[1:]]),
                 "runs_run": len(todo),
                 "wall_seconds": sweep_seconds,
                 "machine": machine_description(),
@@ -424,7 +419,7 @@ def plot_sweep(series: dict, out_png: Path, window: int, title: str = "") -> Pat
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m pure_rl.sweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pure_rl.experiments.sweep", description=__doc__.splitlines()[0])
     p.add_argument("spec", help="sweep file, e.g. configs/sweeps/small.yaml")
     p.add_argument("--out", default=None, help="output folder (default: runs/sweeps/NAME)")
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the sweep file's jobs)")
