@@ -101,7 +101,8 @@ class VLLMBackend:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
-            # Binding OpenMP threads to the cores nearly doubles CPU throughput (DESIGN.md).
+            # Binding OpenMP threads to the cores nearly doubles CPU throughput (SmolLM2 fp32, 32 sequences: 119 -> 209
+            # generated tokens/s on 2 cores).
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
             # vllm-cpu 0.32 with torch 2.13 cannot load its own AOT-compiled model ("'function' object has no
             # attribute 'finalize_loading'") and recompiles at every start (~60 s); without AOT it loads the

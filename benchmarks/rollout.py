@@ -1,7 +1,7 @@
 """Rollout throughput: useful generated tokens/s of plain HF ``generate``, pure-rl's transformers path and its
 vLLM path, beside this machine's compute roofline.
 
-Setting (issue 4): SmolLM2-135M-Instruct fp32, 128 sequences = 32 arithmetic prompts x 4 samples, sampling at
+Setting: SmolLM2-135M-Instruct fp32, 128 sequences = 32 arithmetic prompts x 4 samples, sampling at
 temperature 0.7, natural stopping at EOS, up to 256 new tokens. "Useful" tokens are those up to and including
 each sequence's EOS (plain ``generate`` keeps computing rows that already stopped; that work is not useful).
 The roofline is 2 x parameters FLOPs per token over the FLOP/s of a large fp32 matmul measured here, before

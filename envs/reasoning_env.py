@@ -1,4 +1,4 @@
-"""``ReasoningStepEnv``: step-level reasoning as a batched TorchRL environment (PURE spec sections 2 and 4).
+"""``ReasoningStepEnv``: step-level reasoning as a batched TorchRL environment (docs/spec.md sections 2 and 4).
 
 One episode is one response to one question. The state is the question plus the steps written so far; an
 action is the next step (its text, its token count, and whether it ended with EOS); the reward is the PRM's

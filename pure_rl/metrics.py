@@ -1,4 +1,4 @@
-"""Per-batch training metrics, the signs of reward hacking listed in PURE's spec section 8.
+"""Per-batch training metrics, the signs of reward hacking listed in docs/spec.md section 8.
 
 Hacking shows as rising step counts or PRM reward with falling accuracy, or sudden jumps in reward, KL and
 loss; these are the numbers to plot against each other.

@@ -1,4 +1,4 @@
-"""The run's PNG plot: the main curves of spec section 8 against iteration, from TorchRL's CSV logs.
+"""The run's PNG plot: the main curves of docs/spec.md section 8 against iteration, from TorchRL's CSV logs.
 
 TorchRL's ``CSVLogger`` writes one ``step,value`` file per scalar under ``<run>/<exp>/scalars/``.
 """

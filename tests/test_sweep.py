@@ -1,4 +1,4 @@
-"""Sweeps (issue 6): spec checks, the comparison table's definitions, and a reduced end-to-end sweep."""
+"""Sweeps: spec checks, the comparison table's definitions, and a reduced end-to-end sweep."""
 
 from __future__ import annotations
 

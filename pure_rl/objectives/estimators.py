@@ -40,7 +40,7 @@ __all__ = ["MinFormEstimator", "MinFormOptions", "StepCreditEstimator", "SumForm
 
 
 class StepCreditEstimator(ValueEstimatorBase):
-    """Critic-free step-level credit assignment with group baselines (PURE spec sections 3-5).
+    """Critic-free step-level credit assignment with group baselines (docs/spec.md sections 3-5).
 
     Keyword Args:
         form: ``"min_form"`` or ``"sum_form"`` (subclasses fix it).

@@ -40,7 +40,7 @@ class PUREPPOLoss(ClipPPOLoss):
 
 
 class StepTokenPPOLoss(PUREPPOLoss):
-    """PPO-clip on the tokens of step-level reasoning trajectories (spec section 6).
+    """PPO-clip on the tokens of step-level reasoning trajectories (docs/spec.md section 6).
 
     Every token carries its step's advantage (see :mod:`pure_rl.token_batch`); the clipped surrogate is
     averaged over each sequence's response tokens, then over the batch. The KL to the reference policy is
