@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["EMBEDDED_MODEL", "ModelNotAvailableError", "cache_dir", "resolve_model_dir"]
+__all__ = ["EMBEDDED_MODEL", "ModelNotAvailableError", "cache_dir", "check_model_name", "resolve_model_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_VERSION = "1"
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(ValueError):
     """The requested model cannot be found or built here."""
 
 
@@ -97,7 +97,25 @@ def resolve_model_dir(name: str) -> str:
         from agents.tiny import tiny_model_dir
 
         return str(tiny_model_dir(cache_dir() / "models"))
+    check_model_name(name)
     path = Path(name).expanduser()
-    if path.exists() and not (path / "config.json").is_file():
-        raise ModelNotAvailableError(f"policy.model={name!r} is a folder without config.json: not an HF model folder")
     return str(path) if path.exists() else name
+
+
+def check_model_name(name: str) -> bool:
+    """True if ``name`` can name a model: a built-in name, an HF model folder, or a hub id (``org/name``). A
+    name written as a path (absolute, or starting with ``.`` or ``~``, or with more than one ``/``) that does not
+    exist, or a folder without ``config.json``, raises :class:`ModelNotAvailableError` saying so."""
+    if name in (EMBEDDED_MODEL, "tiny"):
+        return True
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"{name!r} is a folder without config.json: not an HF model folder")
+        return True
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise ModelNotAvailableError(
+            f"model folder {name!r} does not exist (a hub id looks like 'org/name'; built in: {EMBEDDED_MODEL!r}, "
+            "'tiny')"
+        )
+    return True

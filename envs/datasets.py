@@ -7,6 +7,7 @@ reference answer is kept (it gets no verifiable reward).
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 from envs.tasks import Problem
 from envs.verifier import last_boxed
 
-__all__ = ["DATA_DIR", "PRESETS", "DatasetError", "DatasetPreset", "JsonlDataset", "load_dataset"]
+__all__ = ["DATA_DIR", "PRESETS", "DatasetError", "DatasetPreset", "JsonlDataset", "check_dataset", "load_dataset"]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -90,11 +91,17 @@ class JsonlDataset:
         if not self.path.is_file():
             raise DatasetError(f"dataset file {self.path} does not exist")
         self.problems: list[Problem] = []
-        with self.path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                self.problems.append(self._row(line, lineno, question_field, answer_field, answer_parser, id_field))
+        for lineno, raw in enumerate(self.path.read_bytes().splitlines(), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(
+                    f"{self.path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                    "re-encode the file as UTF-8"
+                ) from e
+            if not line.strip():
+                continue
+            self.problems.append(self._row(line, lineno, question_field, answer_field, answer_parser, id_field))
         if not self.problems:
             raise DatasetError(f"dataset file {self.path} has no rows")
 
@@ -136,6 +143,28 @@ def load_dataset(name_or_path: str) -> JsonlDataset:
         p = PRESETS[name_or_path]
         return JsonlDataset(DATA_DIR / p.path, p.question_field, p.answer_field, p.answer_parser, p.id_field)
     path = Path(name_or_path)
-    if path.suffix != ".jsonl" and not path.is_file():
-        raise DatasetError(f"unknown dataset {name_or_path!r}: use a preset ({', '.join(PRESETS)}) or a .jsonl path")
+    if path.suffix != ".jsonl":
+        if not path.is_file():
+            close = difflib.get_close_matches(name_or_path, PRESETS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise DatasetError(
+                f"unknown dataset {name_or_path!r}{hint}: use a preset ({', '.join(PRESETS)}) or a .jsonl path"
+            )
+        raise DatasetError(
+            f"dataset file {path}: unsupported format {path.suffix or '(no suffix)'!r}; a dataset is a .jsonl file, "
+            "one JSON object per line with 'question' and 'answer' fields"
+        )
     return JsonlDataset(path)
+
+
+def check_dataset(name_or_path: str) -> bool:
+    """True if ``name_or_path`` is a preset or an existing ``.jsonl`` file, else :class:`DatasetError` saying which
+    (cheap: the file is not read; config validation, so ``--dry-run``, calls it)."""
+    if name_or_path in PRESETS:
+        return True
+    path = Path(name_or_path)
+    if path.suffix == ".jsonl" and not path.is_file():
+        raise DatasetError(f"dataset file {path} does not exist")
+    if path.suffix != ".jsonl":
+        load_dataset(name_or_path)  # raises the unknown-name or unsupported-format error
+    return True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envs.datasets import load_dataset
+from envs.datasets import DatasetError, check_dataset, load_dataset
 from envs.prm import HFTokenClassificationPRM, ProcessRewardModel
 from envs.reasoning_env import ReasoningStepEnv
 from envs.rule_prm import ArithmeticRulePRM
@@ -48,7 +48,9 @@ def arithmetic_task(cfg, split: str) -> ArithmeticTask:
 
 @dataclass
 class JsonlOptions:
-    dataset: str | None = opt(None, "jsonl task: a preset (math500, gsm8k, aime24, amc23, minerva) or a file path")
+    dataset: str | None = opt(
+        None, "jsonl task: a preset (math500, gsm8k, aime24, amc23, minerva) or a file path", check=check_dataset
+    )
 
 
 @register("task", "jsonl", options=JsonlOptions, requires=("dataset",))
@@ -172,8 +174,18 @@ def make_env(
         size = batch_size or cfg.train.eval_prompts
         seed = cfg.train.seed + EVAL_SEED_OFFSET
     group = group_size or group
+    source = source if source is not None else make_source(cfg, split)
+    if (
+        cfg.env.reward_mode != "prm"
+        and 0 < len(source)
+        and all(p.answer is None for p in map(source.problem, range(len(source))))
+    ):
+        raise DatasetError(
+            f"env.reward_mode={cfg.env.reward_mode} uses the verifier, but no problem of the {split} set has a "
+            "reference answer: set env.reward_mode=prm, or give the rows an answer field"
+        )
     return ReasoningStepEnv(
-        source if source is not None else make_source(cfg, split),
+        source,
         prm if prm is not None else make_prm(cfg),
         verifier if verifier is not None else make_verifier(cfg),
         batch_size=size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -17,11 +18,18 @@ __all__ = ["HFTokenClassificationPRM", "PRMError", "ProcessRewardModel"]
 
 
 class PRMError(RuntimeError):
-    """A PRM produced something unusable (NaN, wrong count of scores)."""
+    """A PRM broke its contract: not one list per solution, not one finite number per step, or out of range."""
 
 
 class ProcessRewardModel(abc.ABC):
-    """Scores each reasoning step given the question and the steps before it."""
+    """Scores each reasoning step given the question and the steps before it.
+
+    Calling a PRM checks what :meth:`score` returned against the contract: one list per solution, one finite
+    real number per step, each within :attr:`score_range`; anything else is a :class:`PRMError` naming the PRM
+    and the row, never a reward.
+    """
+
+    score_range: tuple[float, float] = (-1.0, 1.0)
 
     @abc.abstractmethod
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
@@ -37,17 +45,32 @@ class ProcessRewardModel(abc.ABC):
 
     def __call__(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         scores = self.score(questions, steps)
+        name = type(self).__name__
+        if not isinstance(scores, (list, tuple)) or len(scores) != len(steps):
+            got = f"{len(scores)} score lists" if isinstance(scores, (list, tuple)) else repr(scores)[:60]
+            raise PRMError(f"{name} returned {got} for {len(steps)} solutions; score() must return one list each")
+        lo, hi = self.score_range
+        checked = []
         for i, (row, s) in enumerate(zip(scores, steps)):
-            if len(row) != len(s):
-                raise PRMError(f"{type(self).__name__} returned {len(row)} scores for {len(s)} steps (solution {i})")
+            where = f"solution {i} (question {questions[i][:60]!r})"
+            if not isinstance(row, (list, tuple)) or len(row) != len(s):
+                got = f"{len(row)} scores" if isinstance(row, (list, tuple)) else repr(row)[:60]
+                raise PRMError(f"{name} returned {got} for the {len(s)} steps of {where}")
+            out = []
             for k, v in enumerate(row):
+                if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                    raise PRMError(f"{name} returned {v!r} for step {k} of {where}: a score must be a real number")
+                v = float(v)
                 if not math.isfinite(v):
                     raise PRMError(
-                        f"{type(self).__name__} returned {v} for step {k} of solution {i} "
-                        f"(question {questions[i][:60]!r}, step {s[k][:60]!r}); a NaN usually means fp16 overflow "
-                        "or an empty input: try dtype=float32 / bfloat16"
+                        f"{name} returned {v} for step {k} of {where} (step {s[k][:60]!r}); a NaN usually means fp16 "
+                        "overflow or an empty input: try dtype=float32 / bfloat16"
                     )
-        return scores
+                if not lo <= v <= hi:
+                    raise PRMError(f"{name} returned {v} for step {k} of {where}, outside its range [{lo}, {hi}]")
+                out.append(v)
+            checked.append(out)
+        return checked
 
 
 class HFTokenClassificationPRM(ProcessRewardModel):
@@ -135,16 +158,26 @@ class HFTokenClassificationPRM(ProcessRewardModel):
                 ids += [*enc.encode(step.strip(), add_special_tokens=False), self.marker_id]
                 positions.append(len(ids) - 1)
             return ids, positions
-        body = "".join(step.strip() + self.step_token for step in steps)
+        # Scores are read where the step token is, so text must not carry it: a step (or question) that writes
+        # "<extra_0>" would otherwise move where every later step's score is read.
+        body = "".join(self._unmarked(step).strip() + self.step_token for step in steps)
         messages = [
             {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": question},
+            {"role": "user", "content": self._unmarked(question)},
             {"role": "assistant", "content": body},
         ]
         text = enc.apply_chat_template(messages, tokenize=False)
         ids = enc.encode(text, add_special_tokens=False)
         positions = [i for i, t in enumerate(ids) if t == self.marker_id]
-        return ids, positions[-len(steps) :] if steps else []
+        if len(positions) != len(steps):
+            raise PRMError(
+                f"{type(self).__name__}: {len(positions)} step tokens in the input for {len(steps)} steps (the chat "
+                f"template or a token merge holds {self.step_token!r})"
+            )
+        return ids, positions
+
+    def _unmarked(self, text: str) -> str:
+        return text.replace(self.step_token, "")
 
     @torch.no_grad()
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:

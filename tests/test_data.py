@@ -84,3 +84,31 @@ def test_stream_epochs_shuffle_and_resume():
     other = ProblemStream(ds, seed=0)
     other.load_state_dict(state)
     assert [p.id for p in other.next(5)] == upcoming
+
+
+def test_a_non_utf8_byte_names_the_file_and_line(tmp_path):
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(b'{"question": "a?", "answer": 1}\n{"question": "caf\xe9?", "answer": 2}\n')
+    with pytest.raises(DatasetError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 18\)"):
+        JsonlDataset(f)
+
+
+def test_a_csv_file_is_an_unsupported_format_and_a_typo_gets_a_suggestion(tmp_path):
+    f = tmp_path / "data.csv"
+    f.write_text("question,answer\na?,1\n")
+    with pytest.raises(DatasetError, match=r"unsupported format '\.csv'"):
+        load_dataset(str(f))
+    with pytest.raises(DatasetError, match=r"unknown dataset 'gsm8kk'; did you mean 'gsm8k'"):
+        load_dataset("gsm8kk")
+
+
+def test_verifiable_reward_on_a_dataset_without_any_answer_is_an_error(tmp_path):
+    from envs import make_env
+    from pure_rl.config import load_config
+
+    f = tmp_path / "free.jsonl"
+    f.write_text('{"question": "a?"}\n{"question": "b?"}\n')
+    cfg = load_config("configs/tiny.yaml", ["env.task=jsonl", f"env.dataset={f}"])
+    with pytest.raises(DatasetError, match=r"env\.reward_mode=prm\+vr uses the verifier, but no problem"):
+        make_env(cfg)
+    make_env(load_config("configs/tiny.yaml", ["env.task=jsonl", f"env.dataset={f}", "env.reward_mode=prm"]))
