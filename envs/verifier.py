@@ -1,13 +1,17 @@
 """Final-answer verification: the last ``\\boxed{}`` of a response against a reference, with math-verify.
 
 ``MathVerifier().verify(response, reference) -> bool`` is a contract (outside checks call it). It never
-raises and its time is bounded: a response with no ``\\boxed{}`` is wrong (the spec's prompt demands one),
-inputs are capped in length before any parsing, and math-verify's own timeouts bound the symbolic compare.
+raises and its time is bounded in any thread: a response with no ``\\boxed{}`` is wrong (the spec's prompt
+demands one), inputs are capped in length before any parsing, and the symbolic compare is bounded by
+math-verify's own timeouts. Those use SIGALRM, which only the main thread receives, so a call from another
+thread runs the compare in a worker process (started on first use) and abandons it past the time bound: a power
+tower such as ``10^{10^{10^{10}}}`` is judged wrong, never a hung thread.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 
 __all__ = ["MathVerifier", "last_boxed"]
@@ -87,16 +91,55 @@ class MathVerifier:
             return False
         if answer == reference:
             return True
-        from math_verify import parse, verify
+        if threading.current_thread() is threading.main_thread():
+            return _symbolic_equal(reference, answer, self.timeout_seconds)
+        return _symbolic_equal_in_worker(reference, answer, self.timeout_seconds)
 
-        main_thread = threading.current_thread() is threading.main_thread()
-        timeout = self.timeout_seconds if main_thread else None
-        parse_timeout = self.timeout_seconds if main_thread else None
-        gold = parse(_as_latex(reference), parsing_timeout=parse_timeout)
-        pred = parse(_as_latex(answer), parsing_timeout=parse_timeout)
-        if not gold or not pred:
-            return False
-        return bool(verify(gold, pred, timeout_seconds=timeout))
+
+def _symbolic_equal(reference: str, answer: str, timeout: int) -> bool:
+    """math-verify's parse and compare, each bounded by ``timeout`` seconds (SIGALRM: the main thread only)."""
+    from math_verify import parse, verify
+
+    gold = parse(_as_latex(reference), parsing_timeout=timeout)
+    pred = parse(_as_latex(answer), parsing_timeout=timeout)
+    if not gold or not pred:
+        return False
+    return bool(verify(gold, pred, timeout_seconds=timeout))
+
+
+_WORKER = {"pool": None}
+_WORKER_LOCK = threading.Lock()
+_WORKER_START_SECONDS = 120  # the first call waits for the worker process to start and import math-verify
+
+
+def _worker_pool():
+    with _WORKER_LOCK:
+        if _WORKER["pool"] is None:
+            pool = multiprocessing.get_context("spawn").Pool(1)
+            pool.apply_async(_warm_up).get(timeout=_WORKER_START_SECONDS)
+            _WORKER["pool"] = pool
+        return _WORKER["pool"]
+
+
+def _warm_up() -> bool:
+    import math_verify  # noqa: F401 (imported once, before the first timed compare)
+
+    return True
+
+
+def _symbolic_equal_in_worker(reference: str, answer: str, timeout: int) -> bool:
+    """:func:`_symbolic_equal` in the worker process (where SIGALRM works), abandoned after the parse and compare
+    timeouts plus a second: the worker is then killed and restarted on the next call."""
+    pool = _worker_pool()
+    try:
+        return pool.apply_async(_symbolic_equal, (reference, answer, timeout)).get(timeout=3 * timeout + 1)
+    except multiprocessing.TimeoutError:
+        with _WORKER_LOCK:
+            if _WORKER["pool"] is pool:
+                pool.terminate()
+                _WORKER["pool"] = None
+        log.warning("verifier: %.80r vs %.80r took over %ss; judged wrong", answer, reference, 3 * timeout + 1)
+        return False
 
 
 def _as_latex(answer: str) -> str:

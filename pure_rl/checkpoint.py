@@ -1,10 +1,23 @@
-"""Checkpoints that resume exactly: policy weights, optimiser, every RNG, data position, iteration.
+"""Checkpoints that resume exactly and cannot run code: policy weights, optimiser, every RNG, data position,
+iteration, and the config they were trained with.
 
-A checkpoint is written to a temporary file and renamed, so a run killed while saving keeps the previous one.
+Guarantees:
+
+- **Tensors and plain data only.** A checkpoint is loaded with ``torch.load(weights_only=True)``, so a crafted
+  ``checkpoint.pt`` cannot execute code on ``--resume``; numpy's RNG state is stored as a tensor for that reason.
+- **Integrity.** Beside ``checkpoint.pt``, ``checkpoint.json`` holds its SHA-256, iteration and format. A file
+  whose digest does not match (flipped bytes, a truncated or empty file) is never loaded: :func:`load_checkpoint`
+  says what is wrong and falls back to the previous checkpoint (``checkpoint.prev.pt``, kept at every save), or
+  stops when that one is damaged too.
+- **Atomic.** A checkpoint is written to a temporary file, synced, then renamed, and the previous one is kept,
+  so a run killed while saving, or a write that fails (a full disk), always leaves a loadable checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import random
 from pathlib import Path
@@ -12,14 +25,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CheckpointError",
+    "checkpoint_record",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_record_config",
+    "set_rng_state",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_NAME = "checkpoint.prev.pt"
+FORMAT = "pure-rl-checkpoint-2"
+_KEYS = ("iteration", "model", "optimizer", "env", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged, not a pure-rl checkpoint, or could not be written."""
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:
-    """Python, numpy, torch (and the sampling generator's) RNG states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy, torch (and the sampling generator's) RNG states, as tensors and plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if generator is not None:
         state["generator"] = generator.get_state()
     if torch.cuda.is_available():
@@ -28,13 +62,23 @@ def rng_state(generator: torch.Generator | None = None) -> dict:
 
 
 def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    # random.setstate wants the nested tuples getstate gave; a weights_only load keeps them, this guards lists.
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(".json")
 
 
 def save_checkpoint(
@@ -45,32 +89,129 @@ def save_checkpoint(
     optimizer,
     env_state: dict,
     rng: dict,
+    config: dict | None = None,
     critic=None,
     extra: dict | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoint.pt`` atomically; ``iteration`` is the number of finished iterations;
-    ``critic`` is the estimator's learned critic, if it has one."""
-    path = Path(run_dir) / CHECKPOINT_NAME
+    """Write ``run_dir/checkpoint.pt`` (and its ``checkpoint.json``) atomically, keeping the previous pair as
+    ``checkpoint.prev.*``; ``iteration`` is the number of finished iterations, ``config`` the run config as plain
+    data, ``critic`` the estimator's learned critic if it has one. A failed write raises :class:`CheckpointError`
+    and leaves the last good checkpoint in place."""
+    run_dir = Path(run_dir)
+    path, previous = run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_NAME
+    payload = {
+        "format": FORMAT,
+        "iteration": iteration,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "env": env_state,
+        "rng": rng,
+        "config": config or {},
+        **({"critic": critic.state_dict()} if critic is not None else {}),
+        "extra": extra or {},
+    }
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(
-        {
+    try:
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        meta = {
+            "format": FORMAT,
             "iteration": iteration,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "env": env_state,
-            "rng": rng,
-            **({"critic": critic.state_dict()} if critic is not None else {}),
-            "extra": extra or {},
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "config": config or {},
+        }
+        meta_tmp = _meta_path(tmp)
+        meta_tmp.write_text(json.dumps(meta))
+        # The current pair becomes the previous one (a current file without its record is not worth keeping).
+        if path.is_file() and _meta_path(path).is_file():
+            os.replace(path, previous)
+            os.replace(_meta_path(path), _meta_path(previous))
+        os.replace(tmp, path)
+        os.replace(meta_tmp, _meta_path(path))
+    except OSError as e:
+        for leftover in (tmp, _meta_path(tmp)):
+            leftover.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write the checkpoint of iteration {iteration} to {path} ({e.strerror or e}); the last good "
+            "checkpoint is kept"
+        ) from e
     return path
 
 
-def load_checkpoint(run_dir: str | Path) -> dict:
-    """The checkpoint of ``run_dir``; a clear error when there is none."""
-    path = Path(run_dir) / CHECKPOINT_NAME
+def _verified(path: Path) -> str | None:
+    """None if ``path`` matches its ``.json`` digest, else what is wrong."""
+    meta_path = _meta_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
-    return torch.load(path, weights_only=False)
+        return f"{path} does not exist"
+    if not meta_path.is_file():
+        return f"{path} has no {meta_path.name} beside it (written by an older pure-rl, or the save was cut short)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected = meta["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return f"{meta_path} is not a checkpoint record"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != expected:
+        return f"{path} is damaged: its SHA-256 {digest[:12]}... does not match {expected[:12]}... in {meta_path.name}"
+    return None
+
+
+def _read(path: Path) -> dict:
+    try:
+        ckpt = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    except Exception as e:  # the unpickler's refusal of code, a malformed archive, ...
+        raise CheckpointError(f"{path} cannot be loaded as tensors and plain data ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not all(k in ckpt for k in _KEYS):
+        have = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path} is not a pure-rl checkpoint (format {FORMAT!r} with {', '.join(_KEYS)}; found {have})"
+        )
+    return ckpt
+
+
+def checkpoint_record(run_dir: str | Path) -> dict | None:
+    """``checkpoint.json`` of ``run_dir`` (iteration, digest, the config as flat dotted keys) without loading the
+    weights; None when there is none."""
+    meta = _meta_path(Path(run_dir) / CHECKPOINT_NAME)
+    try:
+        return json.loads(meta.read_text()) if meta.is_file() else None
+    except ValueError:
+        return None
+
+
+def set_record_config(run_dir: str | Path, config: dict) -> None:
+    """Record in ``checkpoint.json`` the config the checkpoint now resumes with (after an accepted change), so
+    the change is not taken for a hand edit next time. The digest covers ``checkpoint.pt`` only."""
+    meta_path = _meta_path(Path(run_dir) / CHECKPOINT_NAME)
+    meta = json.loads(meta_path.read_text())
+    meta["config"] = config
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, meta_path)
+
+
+def load_checkpoint(run_dir: str | Path) -> dict:
+    """The last good checkpoint of ``run_dir``: ``checkpoint.pt`` when its digest matches, else (saying why)
+    ``checkpoint.prev.pt``; :class:`CheckpointError` when neither is usable."""
+    run_dir = Path(run_dir)
+    path, previous = run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_NAME
+    if not path.is_file() and not previous.is_file():
+        raise CheckpointError(f"no checkpoint to resume from: {path} does not exist")
+    problem = _verified(path)
+    if problem is None:
+        return _read(path)
+    fallback = _verified(previous)
+    if fallback is not None:
+        raise CheckpointError(
+            f"{problem}; the previous checkpoint is not usable either ({fallback}). Start a new run (--overwrite), "
+            "nothing was loaded"
+        )
+    ckpt = _read(previous)
+    print(f"warning: {problem}; resuming from the previous checkpoint, {previous} (iteration {ckpt['iteration']})")
+    return ckpt

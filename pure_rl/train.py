@@ -15,6 +15,7 @@ import json
 import random
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,15 +23,18 @@ import numpy as np
 import torch
 import yaml
 
+from pure_rl.checkpoint import CheckpointError
 from pure_rl.config import (
     DEFAULT_CONFIG,
     ConfigError,
     RunConfig,
     config_to_dict,
     describe,
+    flat_config,
     load_config,
     save_config,
 )
+from pure_rl.run_dir import RunDirError, RunLock, claim_new_run, record_changes, resume_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,20 +45,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-keys", action="store_true", help="list every config key with its help and exit")
     p.add_argument("--dry-run", action="store_true", help="load and validate the config, build nothing, exit")
+    p.add_argument(
+        "--overwrite", action="store_true", help="a new run into a folder that holds a run deletes that run first"
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: apply overrides (or config.yaml edits) that change the experiment; they are recorded",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.temperature=0.05 train.lr=3e-6")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # flags may follow the overrides
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, dict]:
+    """The run config, its folder, and (on ``--resume``) the config changes the resume makes."""
     if args.resume:
+        given = [flag for flag, value in (("--config", args.config), ("--run-dir", args.run_dir)) if value]
+        if given:
+            raise ConfigError(
+                f"--resume continues the run in its folder with its own config.yaml; {' and '.join(given)} would be "
+                "ignored: drop them (change keys with dotted overrides and --allow-changes)"
+            )
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.yaml there (is it a pure_rl run directory?)")
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
-        return cfg, run_dir
+        cfg, changes = resume_config(run_dir, args.overrides, args.allow_changes)
+        return cfg, run_dir, changes
+    if args.allow_changes:
+        raise ConfigError("--allow-changes applies to --resume only")
     cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     run_dir = Path(args.run_dir or cfg.log.run_dir.format(name=cfg.log.name))
-    return cfg, run_dir
+    return cfg, run_dir, {}
 
 
 def seed_everything(seed: int) -> None:
@@ -69,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n".join(describe()))
         return {}
     try:
-        cfg, run_dir = resolve_config(args)
+        cfg, run_dir, changes = resolve_config(args)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     if args.print_config:
@@ -81,7 +100,15 @@ def main(argv: list[str] | None = None) -> dict:
             f"{cfg.env.reward_mode}, {cfg.train.iterations} iterations -> {run_dir}"
         )
         return {}
-    return train(cfg, run_dir, resume=bool(args.resume))
+    try:
+        with RunLock(run_dir):
+            if args.resume:
+                # Under the lock: re-check, since another process may have resumed meanwhile.
+                cfg, changes = resume_config(run_dir, args.overrides, args.allow_changes)
+                record_changes(run_dir, cfg, changes)
+            return train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    except (RunDirError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
 
 
 def train(
@@ -93,12 +120,23 @@ def train(
     eval_env=None,
     prm=None,
     verifier=None,
+    overwrite: bool = False,
 ) -> dict:
     """Train per ``cfg`` into ``run_dir`` (``resume``: continue from its checkpoint); returns the summary.
 
     Objects built by hand replace the configured ones: ``env`` (a ``ReasoningStepEnv``, or any env with its
-    keys and batch layout), ``eval_env``, or just its ``prm`` / ``verifier`` inside the configured env.
+    keys and batch layout), ``eval_env``, or just its ``prm`` / ``verifier`` inside the configured env. A new run
+    refuses a folder that holds a run unless ``overwrite``; the folder is locked while the run trains
+    (:mod:`pure_rl.run_dir`).
     """
+    with RunLock(run_dir):
+        if not resume:
+            claim_new_run(run_dir, overwrite)
+            save_config(cfg, run_dir / "config.yaml")
+        return _train(cfg, run_dir, resume, env=env, eval_env=eval_env, prm=prm, verifier=verifier)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, verifier) -> dict:
     # Heavy imports after the config is validated: a typo never waits for torch models to load.
     from tqdm import tqdm
 
@@ -115,9 +153,6 @@ def train(
     from pure_rl.update import add_credit, policy_token_batch, ppo_update, trainable_parameters
     from pure_rl.warmup import warmed_up_model
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        save_config(cfg, run_dir / "config.yaml")
     t_setup = time.perf_counter()
     # RL starts from the warmed-up model when cfg.warmup asks for one (cached after the first run); the
     # reference policy of the KL term is that same starting point. Seeding comes after it, so a run that
@@ -195,6 +230,7 @@ def train(
             optimizer=optimizer,
             env_state=envs_state,
             rng=rng_state(sampler),
+            config=flat_config(cfg),
             critic=loss_module.critic,
         )
 
@@ -204,9 +240,13 @@ def train(
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
-        print("\ninterrupt: finishing this iteration, saving a checkpoint, exiting (Ctrl-C again to abort)")
+        name = signal.Signals(signum).name
+        print(f"\n{name}: finishing this iteration, saving a checkpoint, exiting (Ctrl-C again to abort)")
 
-    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    # Ctrl-C, and SIGTERM (what schedulers and container runtimes send before a kill), end the run cleanly.
+    # Signal handlers can only be set from the main thread; a run started in another thread keeps the defaults.
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous_handlers = {sig: signal.signal(sig, on_interrupt) for sig in handled}
 
     print(
         f"setup {time.perf_counter() - t_setup:.1f}s: {start_model} ({cfg.policy.backend}), "
@@ -273,7 +313,8 @@ def train(
     progress.close()
     collector.shutdown()
     loggers.close()
-    signal.signal(signal.SIGINT, previous_handler)
+    for sig, handler in previous_handlers.items():
+        signal.signal(sig, handler)
 
     # --- artefacts: plot and summary ----------------------------------------------------------------------
     # From the logs, not `history`: a resumed run's summary covers the iterations before the resume too.

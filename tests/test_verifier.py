@@ -70,3 +70,28 @@ def test_agreement_with_labelled_real_outputs(verifier):
     agree = sum(verifier.verify(code, gt) == label for code, gt, label in pairs)
     # Measured: 799/800. The one disagreement is a harness false negative ("10000" vs "10{,}000").
     assert agree / len(pairs) >= 0.99
+
+
+def test_time_is_bounded_in_a_worker_thread_too():
+    """math-verify's timeouts use SIGALRM (main thread only); from a thread the compare runs in a worker process
+    and is abandoned past its bound. Before, this call never returned and held the interpreter lock."""
+    import threading
+    import time
+
+    results = {}
+
+    def check(key, response, reference):
+        t0 = time.perf_counter()
+        results[key] = (MathVerifier(timeout_seconds=2).verify(response, reference), time.perf_counter() - t0)
+
+    threads = [
+        threading.Thread(target=check, args=("tower", r"\boxed{10^{10^{10^{10}}}}", "5"), daemon=True),
+        threading.Thread(target=check, args=("half", r"so \boxed{\frac{1}{2}}", "0.5"), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)  # generous: the worker process starts on first use; a hang fails here
+    assert not any(t.is_alive() for t in threads), "a verify call from a thread did not return"
+    assert results["tower"][0] is False and results["half"][0] is True
+    print(f"worst case from a thread: {results['tower'][1]:.1f}s (includes starting the worker process)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from pure_rl.plots import smooth
 
 __all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_sweep"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FIGURE_PANELS = [
     ("accuracy", "verifier accuracy (sampled)"),
     ("steps_per_response", "steps per response"),
@@ -175,10 +174,10 @@ def run_state(run_dir: Path, expected: dict, iterations: int) -> str:
 def launch(run_dir: Path, config: Path, overrides: list[str], state: str, threads: int) -> float:
     """One training run in a subprocess (its output to RUN_DIR/train.log); returns its wall seconds."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if state == "new" and (run_dir / "logs").is_dir():
-        shutil.rmtree(run_dir / "logs")  # a run that died before its first checkpoint starts over
     cmd = [sys.executable, "-m", "pure_rl.train"]
-    cmd += ["--resume", str(run_dir)] if state == "resume" else ["--config", str(config), "--run-dir", str(run_dir)]
+    # A run that died before its first checkpoint starts over (its folder holds only its config and logs).
+    new = ["--config", str(config), "--run-dir", str(run_dir), "--overwrite"]
+    cmd += ["--resume", str(run_dir)] if state == "resume" else new
     cmd += overrides if state == "new" else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
