@@ -19,7 +19,11 @@ def test_tiny_config_loads():
     assert cfg.env.prompt_template == PAPER_PROMPT
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS.parent / "examples").glob("*/*.yaml")),
+    ids=lambda p: p.name,
+)
 def test_every_shipped_config_validates(path):
     load_config(path)
 

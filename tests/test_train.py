@@ -201,14 +201,15 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, warm_tin
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, warm_tiny_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, warm_tiny_path, sig):
     run_dir = tmp_path / "interrupted"
     proc = _train_process(run_dir, warm_tiny_path, "train.iterations=50", "train.checkpoint_every=100")
     deadline = time.time() + 120
     while not (run_dir / "logs" / "scalars" / "loss.csv").is_file():
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "resume with: python -m pure_rl.train --resume" in out
