@@ -134,9 +134,11 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32", device: str = "c
     return model, tokenizer, path
 
 
-def make_reference_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen copy of ``model`` (the KL reference policy)."""
+def make_reference_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A frozen copy of ``model`` (the KL reference policy), in ``dtype`` if given."""
     ref = copy.deepcopy(model).eval()
+    if dtype is not None:
+        ref = ref.to(dtype)
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref

@@ -10,6 +10,7 @@ tower such as ``10^{10^{10^{10}}}`` is judged wrong, never a hung thread.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import threading
@@ -118,7 +119,17 @@ def _worker_pool():
             pool = multiprocessing.get_context("spawn").Pool(1)
             pool.apply_async(_warm_up).get(timeout=_WORKER_START_SECONDS)
             _WORKER["pool"] = pool
+            atexit.register(_stop_worker)
         return _WORKER["pool"]
+
+
+def _stop_worker() -> None:
+    # Stopped before interpreter shutdown: a pool finalised during it raises inside its own __del__.
+    with _WORKER_LOCK:
+        pool, _WORKER["pool"] = _WORKER["pool"], None
+    if pool is not None:
+        pool.terminate()
+        pool.join()
 
 
 def _warm_up() -> bool:
@@ -136,8 +147,8 @@ def _symbolic_equal_in_worker(reference: str, answer: str, timeout: int) -> bool
     except multiprocessing.TimeoutError:
         with _WORKER_LOCK:
             if _WORKER["pool"] is pool:
-                pool.terminate()
                 _WORKER["pool"] = None
+        pool.terminate()
         log.warning("verifier: %.80r vs %.80r took over %ss; judged wrong", answer, reference, 3 * timeout + 1)
         return False
 

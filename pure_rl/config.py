@@ -44,6 +44,7 @@ __all__ = [
     "flat_config",
     "load_config",
     "opt",
+    "precision_warnings",
     "save_config",
 ]
 
@@ -220,12 +221,36 @@ class TrainConfig:
     iterations: int = opt(30, "rollout + update iterations", check=positive, allowed="> 0")
     prompts_per_iter: int = opt(8, "prompts per rollout batch", check=positive, allowed="> 0")
     samples_per_prompt: int = opt(4, "responses sampled per prompt (a group)", check=positive, allowed="> 0")
-    lr: float = opt(1e-6, "learning rate (constant)", check=positive, allowed="> 0")
+    lr: float = opt(1e-6, "peak learning rate", check=positive, allowed="> 0")
+    lr_schedule: str = opt(
+        "constant",
+        "learning rate after the warm-up: constant, or cosine decay to 0 at the last step",
+        choices=("constant", "cosine"),
+    )
+    lr_warmup_steps: int = opt(
+        0, "optimiser steps of linear learning-rate warm-up from 0", check=non_negative, allowed=">= 0"
+    )
     weight_decay: float = opt(0.0, "AdamW weight decay", check=non_negative, allowed=">= 0")
+    precision: str = opt(
+        "fp32",
+        "fp32; or bf16-mixed / fp16-mixed: forward and backward in that dtype (autocast) while the optimiser keeps "
+        "fp32 master weights and state (needs policy.dtype=float32)",
+        choices=("fp32", "bf16-mixed", "fp16-mixed"),
+    )
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in the backward pass (less memory, ~30% more compute)"
+    )
     micro_batch_size: int = opt(
         4, "sequences per forward/backward (gradient accumulation)", check=positive, allowed="> 0"
     )
     ppo_epochs: int = opt(1, "optimisation passes over each rollout batch", check=positive, allowed="> 0")
+    mini_batch_size: int = opt(
+        0,
+        "sequences per optimiser step (PPO mini-batch; 0: the whole rollout batch); e.g. the paper's 64 x 4 "
+        "rollouts with train batch 128",
+        check=non_negative,
+        allowed=">= 0",
+    )
     shared_prompt_pass: bool = opt(
         True,
         "log-prob passes run each group's shared prompt once (false: whole sequences, the old-policy and "
@@ -310,6 +335,18 @@ def _section_class(name: str, registry_version: int) -> type:
     return dataclasses.make_dataclass(core.__name__, fields, bases=(core,))
 
 
+def precision_warnings(cfg: RunConfig) -> list[str]:
+    """What a valid config will do that a user may not want (printed by ``--dry-run`` and at the start of a run)."""
+    warnings = []
+    if cfg.policy.dtype != "float32" and cfg.train.precision == "fp32":
+        warnings.append(
+            f"policy.dtype={cfg.policy.dtype} updates {cfg.policy.dtype} weights directly: at small learning rates "
+            f"(train.lr={cfg.train.lr:g}) most updates round away and the run will not learn (10 AdamW steps at "
+            "lr 5e-7 changed 0.4% of bf16 weights). Use policy.dtype=float32 train.precision=bf16-mixed"
+        )
+    return warnings
+
+
 def _cross_checks(cfg: RunConfig) -> None:
     """Checks that involve more than one key, or what the selected things require."""
     for kind, section in registry.SECTIONS.items():
@@ -326,6 +363,16 @@ def _cross_checks(cfg: RunConfig) -> None:
                 if getattr(getattr(cfg, section), key) is None:
                     help_ = next(f.metadata["help"] for f in entry.option_fields() if f.name == key)
                     raise ConfigError(f"{section}.{key} is required when {section}.{kind}={name}: {help_}")
+    if cfg.train.precision != "fp32" and cfg.policy.dtype != "float32":
+        raise ConfigError(
+            f"train.precision={cfg.train.precision} keeps fp32 master weights: set policy.dtype=float32 (the "
+            "forward and backward passes then run in the mixed dtype)"
+        )
+    if cfg.train.gradient_checkpointing and cfg.train.shared_prompt_pass:
+        raise ConfigError(
+            "train.gradient_checkpointing=true needs train.shared_prompt_pass=false: the shared prompt pass keeps "
+            "the prompt's KV cache for the backward pass, which checkpointing recomputes without a cache"
+        )
     baseline = registry.entry("baseline", cfg.algo.baseline)
     if baseline.meta.get("needs_group") and cfg.train.samples_per_prompt < 2:
         raise ConfigError(

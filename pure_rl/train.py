@@ -32,6 +32,7 @@ from pure_rl.config import (
     describe,
     flat_config,
     load_config,
+    precision_warnings,
     save_config,
 )
 from pure_rl.run_dir import RunDirError, RunLock, claim_new_run, record_changes, resume_config
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
         return {}
+    for warning in precision_warnings(cfg):
+        print(f"warning: {warning}")
     if args.dry_run:
         print(
             f"config OK: {cfg.policy.model} ({cfg.policy.backend}), {cfg.algo.estimator}, "
@@ -150,7 +153,16 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     from pure_rl.objectives.loss import StepTokenPPOLoss
     from pure_rl.plots import plot_run, read_metrics, truncate_metrics
     from pure_rl.rollout import make_collector
-    from pure_rl.update import add_credit, policy_token_batch, ppo_update, trainable_parameters
+    from pure_rl.update import (
+        add_credit,
+        compute_dtype,
+        grad_scaler,
+        lr_scheduler,
+        policy_token_batch,
+        ppo_update,
+        restore_lr_scheduler,
+        trainable_parameters,
+    )
     from pure_rl.warmup import warmed_up_model
 
     t_setup = time.perf_counter()
@@ -165,9 +177,14 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         env = make_env(cfg, prm=prm, verifier=verifier)
     if eval_env is None and cfg.train.eval_every:
         eval_env = make_env(cfg, split="eval", prm=env.prm, verifier=env.verifier)
+    for warning in precision_warnings(cfg):
+        print(f"warning: {warning}")
     policy = make_policy(cfg, model_name=start_model)
     model, tokenizer = policy.model, policy.tokenizer
-    reference = make_reference_model(model) if cfg.algo.kl_coef > 0 else None
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Under mixed precision the frozen reference is stored in the compute dtype: it is only ever run in it.
+    reference = make_reference_model(model, dtype=compute_dtype(cfg)) if cfg.algo.kl_coef > 0 else None
     loss_module = StepTokenPPOLoss(
         model,
         clip_epsilon=cfg.algo.clip_epsilon,
@@ -193,6 +210,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     optimizer = torch.optim.AdamW(
         trainable_parameters(loss_module), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
+    scheduler = lr_scheduler(optimizer, cfg, env.batch_size[0])
+    scaler = grad_scaler(cfg)
     sampler = getattr(policy.backend, "generator", None)
 
     # --- logging and resume -------------------------------------------------------------------------------
@@ -205,6 +224,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         if loss_module.critic is not None:
             loss_module.critic.load_state_dict(ckpt["critic"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        restore_lr_scheduler(scheduler, ckpt["extra"]["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(ckpt["extra"]["scaler"])
         env.load_state_dict(ckpt["env"]["train"])
         if eval_env is not None and "eval" in ckpt["env"]:
             eval_env.load_state_dict(ckpt["env"]["eval"])
@@ -232,6 +254,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             rng=rng_state(sampler),
             config=flat_config(cfg),
             critic=loss_module.critic,
+            extra={
+                "scheduler": scheduler.state_dict(),
+                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+            },
         )
 
     stop = {"requested": False}
@@ -273,7 +299,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         add_credit(traj, tokens, model, reference, estimator, cfg, tokenizer=tokenizer)
 
         # 3. PPO update: micro-batches with gradient accumulation, one optimiser step per epoch.
-        stats = ppo_update(loss_module, optimizer, tokens, traj, cfg)
+        stats = ppo_update(loss_module, optimizer, tokens, traj, cfg, scheduler, scaler)
         update_s = time.perf_counter() - t1
 
         # 4. Weight sync: the generation engine samples from the updated policy next iteration.

@@ -6,10 +6,16 @@ From a step batch ``[B, K]`` to an optimiser step, in the order the training loo
 2. :func:`add_credit`: the no-grad old-policy and reference passes, the k1 KL in the step rewards, the value
    estimator (credit assignment), and each token's step advantage;
 3. :func:`ppo_update`: token-level PPO-clip over micro-batches with gradient accumulation (plus the critic's
-   value term when the estimator has one), gradient clipping and one optimiser step per epoch.
+   value term when the estimator has one), gradient clipping and one optimiser step per mini-batch and epoch.
+
+With ``train.precision`` ``bf16-mixed`` / ``fp16-mixed`` the forward passes run under ``torch.autocast`` while the
+parameters the optimiser updates stay float32 (master weights): a bf16 weight would round a 5e-7 step away.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -22,13 +28,72 @@ __all__ = [
     "STAT_KEYS",
     "accumulate_gradients",
     "add_credit",
+    "autocast",
+    "compute_dtype",
+    "grad_scaler",
+    "lr_scheduler",
+    "optimizer_steps_per_batch",
     "policy_token_batch",
     "ppo_update",
+    "restore_lr_scheduler",
     "trainable_parameters",
 ]
 
 # What ppo_update reports (and "loss_critic" when the estimator has a critic).
-STAT_KEYS = ("loss", "loss_objective", "entropy", "clip_fraction", "kl", "grad_norm")
+STAT_KEYS = ("loss", "loss_objective", "entropy", "clip_fraction", "kl", "grad_norm", "lr")
+
+_MIXED = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
+
+
+def compute_dtype(cfg) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` (None: full precision)."""
+    return _MIXED.get(cfg.train.precision)
+
+
+def autocast(cfg):
+    """A context for forward passes in ``train.precision`` (a no-op for fp32)."""
+    dtype = compute_dtype(cfg)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(cfg.policy.device).type, dtype=dtype)
+
+
+def grad_scaler(cfg) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+    if cfg.train.precision != "fp16-mixed":
+        return None
+    return torch.amp.GradScaler(torch.device(cfg.policy.device).type)
+
+
+def optimizer_steps_per_batch(cfg, batch_size: int) -> int:
+    """Optimiser steps one rollout batch of ``batch_size`` sequences gets: epochs x mini-batches."""
+    size = cfg.train.mini_batch_size or batch_size
+    return cfg.train.ppo_epochs * math.ceil(batch_size / size)
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, cfg, batch_size: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``train.lr_warmup_steps`` of linear warm-up from 0, then ``train.lr_schedule`` (constant, or cosine to 0 at
+    the run's last optimiser step); stepped once per optimiser step."""
+    total = cfg.train.iterations * optimizer_steps_per_batch(cfg, batch_size)
+    warmup, cosine = cfg.train.lr_warmup_steps, cfg.train.lr_schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def restore_lr_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict) -> None:
+    """Load a saved schedule position and set the rate it gives now (a resume that adds iterations stretches a
+    cosine schedule: the optimiser's saved rate belongs to the old length)."""
+    scheduler.load_state_dict(state)
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
 
 
 def policy_token_batch(traj: TensorDictBase, policy, cfg) -> TensorDict:
@@ -62,12 +127,16 @@ def add_credit(
         shared_prompt_pass=cfg.train.shared_prompt_pass,
         tokenizer=tokenizer,
     )
-    if cfg.train.ppo_epochs > 1 or reference is not None:
-        old = batch_log_probs(model, tokens, **passes)
-        if cfg.train.ppo_epochs > 1:
+    # After the first optimiser step the policy is no longer the one that sampled: the ratio needs the old one.
+    several_steps = optimizer_steps_per_batch(cfg, tokens.shape[0]) > 1
+    if several_steps or reference is not None:
+        with autocast(cfg):
+            old = batch_log_probs(model, tokens, **passes)
+        if several_steps:
             tokens["old_log_prob"] = old
     if reference is not None:
-        ref = batch_log_probs(reference, tokens, **passes)
+        with autocast(cfg):
+            ref = batch_log_probs(reference, tokens, **passes)
         tokens["ref_log_prob"] = ref
         if cfg.algo.kl_estimator == "k1":
             kl_steps = step_sums((old - ref) * tokens["response_mask"], tokens, traj.shape[1])
@@ -77,21 +146,30 @@ def add_credit(
 
 
 def accumulate_gradients(
-    loss_module, tokens: TensorDict, micro_batch_size: int, stats: dict | None = None, epochs: int = 1
+    loss_module,
+    tokens: TensorDict,
+    micro_batch_size: int,
+    stats: dict | None = None,
+    steps: int = 1,
+    *,
+    precision=contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
-    """Forward and backward of the token PPO loss micro-batch by micro-batch, each weighted by its share of the
-    batch; adds the weighted loss statistics (over ``epochs``) into ``stats`` and returns it. No optimiser step."""
+    """Forward (under ``precision()``) and backward of the token PPO loss micro-batch by micro-batch, each weighted
+    by its share of ``tokens``; adds the weighted loss statistics (averaged over ``steps`` optimiser steps) into
+    ``stats`` and returns it. No optimiser step."""
     n = tokens.shape[0]
     stats = stats if stats is not None else dict.fromkeys(STAT_KEYS, 0.0)
     for start in range(0, n, micro_batch_size):
         mb = slice(start, min(n, start + micro_batch_size))
-        out = loss_module(tokens[mb])
+        with precision():
+            out = loss_module(tokens[mb])
         weight = (mb.stop - mb.start) / n
         total = out["loss_objective"] + out["loss_entropy"] + out["loss_kl"]
-        (total * weight).backward()
+        (total * weight if scaler is None else scaler.scale(total * weight)).backward()
         for key in ("loss_objective", "entropy", "clip_fraction", "kl"):
-            stats[key] += out[key].item() * weight / epochs
-        stats["loss"] += total.item() * weight / epochs
+            stats[key] += out[key].item() * weight / steps
+        stats["loss"] += total.item() * weight / steps
     return stats
 
 
@@ -103,29 +181,54 @@ def trainable_parameters(loss_module) -> list[torch.nn.Parameter]:
     return params
 
 
-def ppo_update(loss_module, optimizer: torch.optim.Optimizer, tokens: TensorDict, traj: TensorDictBase, cfg) -> dict:
-    """``train.ppo_epochs`` optimiser steps on one batch; returns the statistics averaged over epochs
-    (``STAT_KEYS``). A non-finite gradient norm skips that step (and says so)."""
-    epochs = cfg.train.ppo_epochs
+def ppo_update(
+    loss_module,
+    optimizer: torch.optim.Optimizer,
+    tokens: TensorDict,
+    traj: TensorDictBase,
+    cfg,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict:
+    """``train.ppo_epochs`` passes over one batch, one optimiser step per mini-batch of ``train.mini_batch_size``
+    sequences (the whole batch when 0); returns the statistics averaged over the steps (``STAT_KEYS``, ``lr``
+    being the rate of the first step). A non-finite gradient norm skips that step (and says so)."""
+    n = tokens.shape[0]
+    size = cfg.train.mini_batch_size or n
+    mini_batches = [slice(i, min(n, i + size)) for i in range(0, n, size)]
+    steps = cfg.train.ppo_epochs * len(mini_batches)
     stats = dict.fromkeys(STAT_KEYS, 0.0)
+    stats["lr"] = optimizer.param_groups[0]["lr"]
     if loss_module.critic is not None:
         stats["loss_critic"] = 0.0
     params = trainable_parameters(loss_module)
+    precision = lambda: autocast(cfg)  # noqa: E731
     loss_module.model.train()
-    for _ in range(epochs):
-        optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients(loss_module, tokens, cfg.train.micro_batch_size, stats, epochs)
-        if loss_module.critic is not None:
-            critic_loss = loss_module.loss_critic(traj)
-            critic_loss.backward()
-            stats["loss_critic"] += critic_loss.item() / epochs
-            stats["loss"] += critic_loss.item() / epochs
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-        if not torch.isfinite(grad_norm):
+    for _ in range(cfg.train.ppo_epochs):
+        for mb in mini_batches:
             optimizer.zero_grad(set_to_none=True)
-            print("non-finite gradient norm: update skipped")
-        else:
-            optimizer.step()
-        stats["grad_norm"] += grad_norm.item() / epochs
+            batch = tokens if len(mini_batches) == 1 else tokens[mb]
+            accumulate_gradients(
+                loss_module, batch, cfg.train.micro_batch_size, stats, steps, precision=precision, scaler=scaler
+            )
+            if loss_module.critic is not None:
+                critic_loss = loss_module.loss_critic(traj if len(mini_batches) == 1 else traj[mb])
+                (critic_loss if scaler is None else scaler.scale(critic_loss)).backward()
+                stats["loss_critic"] += critic_loss.item() / steps
+                stats["loss"] += critic_loss.item() / steps
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)  # skips the step itself when the scaled gradients overflowed
+                scaler.update()
+            elif not torch.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                print("non-finite gradient norm: update skipped")
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            stats["grad_norm"] += grad_norm.item() / steps
     loss_module.model.eval()
     return stats
