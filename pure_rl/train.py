@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--list-keys", action="store_true", help="list every config key with its help and exit")
     p.add_argument("--dry-run", action="store_true", help="load and validate the config, build nothing, exit")
     p.add_argument(
+        "--device-memory",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="with --dry-run: print the memory plan for devices of this many GiB (exit 3 when it does not fit)",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="a new run into a folder that holds a run deletes that run first"
     )
     p.add_argument(
@@ -102,7 +109,16 @@ def main(argv: list[str] | None = None) -> dict:
             f"config OK: {cfg.policy.model} ({cfg.policy.backend}), {cfg.algo.estimator}, "
             f"{cfg.env.reward_mode}, {cfg.train.iterations} iterations -> {run_dir}"
         )
+        if args.device_memory is not None:
+            from pure_rl.memory_plan import memory_plan
+
+            plan = memory_plan(cfg, args.device_memory)
+            print("\n".join(plan.lines()))
+            if not plan.fits:
+                sys.exit(3)
         return {}
+    if args.device_memory is not None:
+        sys.exit("config error: --device-memory goes with --dry-run (a run reads its devices' memory itself)")
     try:
         with RunLock(run_dir):
             if args.resume:
@@ -132,11 +148,26 @@ def train(
     refuses a folder that holds a run unless ``overwrite``; the folder is locked while the run trains
     (:mod:`pure_rl.run_dir`).
     """
+    refuse_if_it_cannot_fit(cfg)
     with RunLock(run_dir):
         if not resume:
             claim_new_run(run_dir, overwrite)
             save_config(cfg, run_dir / "config.yaml")
         return _train(cfg, run_dir, resume, env=env, eval_env=eval_env, prm=prm, verifier=verifier)
+
+
+def refuse_if_it_cannot_fit(cfg: RunConfig) -> None:
+    """On a CUDA device, stop before any model loads when the memory plan does not fit its memory."""
+    device = torch.device(cfg.policy.device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return
+    from pure_rl.memory_plan import memory_plan
+
+    total = torch.cuda.get_device_properties(device.index or 0).total_memory
+    plan = memory_plan(cfg, total / 2**30)
+    if not plan.fits:
+        print("\n".join(plan.lines()))
+        sys.exit(3)
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, verifier) -> dict:

@@ -1,0 +1,219 @@
+"""The memory plan: what a config needs on each device, before any model loads.
+
+``python -m pure_rl.train --config C --dry-run --device-memory GIB`` prints, per device, the GiB of the policy's
+weights (its fp32 master weights under mixed precision, plus the autocast compute copy), gradients, AdamW state,
+the KL reference, the PRM, the generation engine (vLLM's share of the device, or the transformers KV cache) and
+the activations of one micro-batch (with and without gradient checkpointing), then ``memory plan: fits`` or
+``memory plan: does not fit ...`` naming the levers. A run on a CUDA device whose plan does not fit is refused
+the same way before any model loads.
+
+Parameter counts come from the model's ``config.json`` (a local folder, the tiny model, or the table below for
+the published models the shipped configs name; no hub is needed). Activations follow a per-token, per-layer
+count fitted to the tensors autograd saves for Llama/Qwen2 layers with SDPA attention on this CPU
+(``benchmarks/memory_plan.py`` checks the plan against measured tensors); prompts are estimated from the
+template's length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Architecture", "MemoryPlan", "architecture", "memory_plan"]
+
+GIB = 2**30
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the memory of a Llama/Qwen2-style decoder depends on."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    head_outputs: int = 0  # a token-classification PRM's head (instead of the LM head)
+    qkv_bias: bool = False
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * (self.hidden // self.heads)
+
+    def parameters(self) -> int:
+        h, kv = self.hidden, self.kv_dim
+        attention = 2 * h * h + 2 * h * kv + (h + 2 * kv if self.qkv_bias else 0)
+        layer = attention + 3 * h * self.intermediate + 2 * h
+        head = self.head_outputs * h if self.head_outputs else (0 if self.tied else self.vocab * h)
+        return self.vocab * h + self.layers * layer + h + head
+
+
+_QWEN25_MATH_7B = dict(layers=28, hidden=3584, intermediate=18944, heads=28, kv_heads=4, vocab=152064, qkv_bias=True)
+# Published configs of the models the shipped configs name (config.json of each on the hub).
+KNOWN = {
+    "Qwen/Qwen2.5-Math-7B": Architecture(**_QWEN25_MATH_7B, tied=False),
+    "Qwen/Qwen2.5-Math-7B-Instruct": Architecture(**_QWEN25_MATH_7B, tied=False),
+    "jinachris/PURE-PRM-7B": Architecture(**_QWEN25_MATH_7B, tied=False, head_outputs=2),
+    "Qwen/Qwen2.5-Math-PRM-7B": Architecture(**_QWEN25_MATH_7B, tied=False, head_outputs=3584 + 2),
+    "Qwen/Qwen2.5-Math-1.5B": Architecture(
+        layers=28, hidden=1536, intermediate=8960, heads=12, kv_heads=2, vocab=151936, tied=True, qkv_bias=True
+    ),
+    "smollm2-135m-instruct": Architecture(
+        layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, vocab=49152, tied=True
+    ),
+}
+
+
+def architecture(name: str, token_classification: bool = False) -> Architecture:
+    """The architecture of ``name``: the table above, else the ``config.json`` of its folder."""
+    if name in KNOWN:
+        return KNOWN[name]
+    from transformers import AutoConfig
+
+    from agents.models import resolve_model_dir
+
+    try:
+        c = AutoConfig.from_pretrained(resolve_model_dir(name))
+    except OSError as e:
+        raise ValueError(
+            f"no architecture for {name!r}: the memory plan reads config.json of a local folder, or knows "
+            f"{', '.join(KNOWN)}"
+        ) from e
+    return Architecture(
+        layers=c.num_hidden_layers,
+        hidden=c.hidden_size,
+        intermediate=c.intermediate_size,
+        heads=c.num_attention_heads,
+        kv_heads=getattr(c, "num_key_value_heads", c.num_attention_heads),
+        vocab=c.vocab_size,
+        tied=bool(getattr(c, "tie_word_embeddings", False)),
+        head_outputs=getattr(c, "num_labels", 2) if token_classification else 0,
+        qkv_bias=c.model_type == "qwen2",
+    )
+
+
+def activation_bytes(
+    arch: Architecture, tokens: int, logit_tokens: int, bytes_per: int, checkpointing: bool, shared_prompt: bool
+) -> int:
+    """Saved activations of the loss's forward pass with autograd: per token and layer about 1.75 H + 4 I + 4 kv
+    elements (norms, projections' inputs, rotary q/k, the MLP's gate, up and their product), plus float32
+    vocabulary-sized tensors (logits, log-softmax and the entropy's terms: 4 per predicted token, 7 with the
+    shared prompt pass, which also concatenates and repeats them); with checkpointing, each layer's input only,
+    one layer recomputed at a time, and 2 vocabulary-sized tensors. Counts fitted to SmolLM2-135M on this CPU."""
+    per_layer = 1.75 * arch.hidden + 4 * arch.intermediate + 4 * arch.kv_dim
+    logits = logit_tokens * arch.vocab * 4
+    if checkpointing:
+        return int(arch.layers * tokens * arch.hidden * bytes_per + tokens * per_layer * bytes_per + 2 * logits)
+    return int(arch.layers * tokens * per_layer * bytes_per + (7 if shared_prompt else 4) * logits)
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per component per device, the device budget, and what would make it fit."""
+
+    devices: dict[str, list[tuple[str, int]]]
+    budget: int | None
+    levers: list[str]
+    notes: list[str]
+
+    def total(self, device: str) -> int:
+        return sum(b for _, b in self.devices[device])
+
+    @property
+    def fits(self) -> bool:
+        return self.budget is None or all(self.total(d) <= self.budget for d in self.devices)
+
+    def lines(self) -> list[str]:
+        out = []
+        for device, parts in self.devices.items():
+            out.append(f"{device}:")
+            out += [f"  {name:<70} {b / GIB:8.2f} GiB" for name, b in parts]
+            out.append(f"  {'total':<70} {self.total(device) / GIB:8.2f} GiB")
+        out += [f"note: {n}" for n in self.notes]
+        if self.budget is None:
+            out.append("memory plan: no device memory given (--device-memory GIB)")
+        elif self.fits:
+            out.append(f"memory plan: fits ({self.budget / GIB:.0f} GiB per device)")
+        else:
+            worst = max(self.devices, key=self.total)
+            out.append(
+                f"memory plan: does not fit: {worst} needs {self.total(worst) / GIB:.1f} GiB of "
+                f"{self.budget / GIB:.0f} GiB; levers: " + "; ".join(self.levers)
+            )
+        return out
+
+
+def _device(name: str) -> str:
+    return "cpu" if name == "cpu" else name if ":" in name else f"{name}:0"
+
+
+def memory_plan(cfg, device_memory_gib: float | None = None) -> MemoryPlan:
+    """The plan of ``cfg`` for devices of ``device_memory_gib`` GiB each (None: report only)."""
+    pc, tc = cfg.policy, cfg.train
+    arch = architecture(pc.model)
+    n = arch.parameters()
+    mixed = tc.precision != "fp32"
+    param_bytes = _BYTES[pc.dtype]
+    compute_bytes = 2 if mixed else param_bytes
+    device = _device(pc.device)
+    parts: dict[str, list[tuple[str, int]]] = {device: []}
+    add = lambda dev, name, b: parts.setdefault(dev, []).append((name, int(b)))  # noqa: E731
+
+    weights = "policy weights (fp32 masters)" if mixed else f"policy weights ({pc.dtype})"
+    add(device, f"{weights}, {n / 1e9:.2f}B parameters", n * param_bytes)
+    if mixed:
+        add(device, "autocast compute copy of the weights (16-bit)", n * 2)
+    add(device, "gradients", n * param_bytes)
+    add(device, "AdamW state (2 moments)", 2 * n * param_bytes)
+    if cfg.algo.kl_coef > 0:
+        add(device, "KL reference policy", n * compute_bytes)
+    if cfg.env.reward_mode != "vr" and cfg.env.prm == "hf":
+        prm = architecture(cfg.env.prm_model, token_classification=True)
+        add(_device(cfg.env.prm_device), f"PRM ({prm.parameters() / 1e9:.2f}B, {cfg.env.prm_dtype})",
+            prm.parameters() * _BYTES[cfg.env.prm_dtype])  # fmt: skip
+
+    prompt_tokens = len(cfg.env.prompt_template) // 4 + 64
+    seq = prompt_tokens + cfg.env.max_tokens
+    rows = tc.prompts_per_iter * tc.samples_per_prompt
+    on_gpu = device != "cpu"
+    if pc.backend == "vllm":
+        if on_gpu and device_memory_gib is not None:
+            add(device, f"vLLM engine (gpu_memory_utilization {pc.gpu_memory_utilization} of the device)",
+                pc.gpu_memory_utilization * device_memory_gib * GIB)  # fmt: skip
+        elif not on_gpu:
+            add(device, "vLLM engine (16-bit weights + KV cache)", n * 2 + pc.vllm_kv_cache_gib * GIB)
+    else:
+        add(device, f"generation KV cache ({rows} sequences x {seq} tokens)",
+            rows * seq * arch.layers * 2 * arch.kv_dim * param_bytes)  # fmt: skip
+    tokens = tc.micro_batch_size * seq
+    logit_tokens = tc.micro_batch_size * (cfg.env.max_tokens if tc.shared_prompt_pass else seq)
+    shared = tc.shared_prompt_pass
+    plain = activation_bytes(arch, tokens, logit_tokens, compute_bytes, checkpointing=False, shared_prompt=shared)
+    # Checkpointing runs whole sequences (it cannot keep the shared prompt's cache): all tokens get logits.
+    ckpt = activation_bytes(
+        arch, tokens, tc.micro_batch_size * seq, compute_bytes, checkpointing=True, shared_prompt=False
+    )
+    chosen, other = (ckpt, plain) if tc.gradient_checkpointing else (plain, ckpt)
+    label = "with" if tc.gradient_checkpointing else "without"
+    add(device, f"activations, micro-batch of {tc.micro_batch_size} x {seq} tokens, {label} checkpointing", chosen)
+
+    budget = None if device_memory_gib is None else int(device_memory_gib * GIB)
+    levers = []
+    if not tc.gradient_checkpointing and plain > ckpt:
+        levers.append(
+            f"train.gradient_checkpointing=true train.shared_prompt_pass=false (activations {plain / GIB:.1f} -> "
+            f"{other / GIB:.1f} GiB)"
+        )
+    if tc.micro_batch_size > 1:
+        levers.append(f"a smaller train.micro_batch_size ({chosen / tc.micro_batch_size / GIB:.2f} GiB per sequence)")
+    if pc.backend == "vllm" and on_gpu:
+        levers.append("a smaller policy.gpu_memory_utilization (vLLM's share), or the PRM on another device")
+    state = n * param_bytes * 3
+    levers.append(f"LoRA (gradients and AdamW state of the adapters only: saves up to {state / GIB:.1f} GiB; planned)")
+    shards = max(2, math.ceil(sum(b for _, b in parts[device]) / budget)) if budget else 2
+    levers.append(f"more GPUs: {shards}+ with FSDP shard weights, gradients and AdamW state (planned)")
+    notes = [f"prompt length estimated at {prompt_tokens} tokens from env.prompt_template"]
+    return MemoryPlan(parts, budget, levers, notes)
