@@ -1,8 +1,10 @@
 """jsonl datasets mapped to ``Problem`` by field names, with presets for the benchmark files shipped in
 ``envs/data`` (MATH-500, GSM8K, AIME24, AMC23, Minerva; see its README for sources and licence).
 
-A malformed row stops loading with an error naming the file, the line and the field; a row without a
-reference answer is kept (it gets no verifiable reward).
+Other problem sets load through the ``datasets`` library (``.json``, ``.parquet``, or a hub name ``org/name`` where
+a hub is reachable), with the field mapping and row filter of :class:`FieldMap`. A malformed row stops loading
+with an error naming the file, the line (or row) and the field; a row without a reference answer is kept (it
+gets no verifiable reward).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from pathlib import Path
 from envs.tasks import Problem
 from envs.verifier import last_boxed
 
-__all__ = ["DATA_DIR", "PRESETS", "DatasetError", "DatasetPreset", "JsonlDataset", "check_dataset", "load_dataset"]
+__all__ = [
+    "DATA_DIR",
+    "PRESETS",
+    "DatasetError",
+    "DatasetPreset",
+    "FieldMap",
+    "JsonlDataset",
+    "RowDataset",
+    "check_dataset",
+    "load_dataset",
+]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -67,16 +79,79 @@ PRESETS: dict[str, DatasetPreset] = {
 }
 
 
-class JsonlDataset:
-    """Problems from a jsonl file, one JSON object per line, mapped by field names.
+@dataclass(frozen=True)
+class FieldMap:
+    """How a row becomes a :class:`~envs.tasks.Problem`, and which rows to keep.
+
+    ``question``: the field holding the question (required, a non-empty string); ``answer``: the reference
+    answer's field (None, or a missing/null value in a row: no reference, so no verifiable reward); ``id``: a row
+    id field (default: the row number); ``filter_field`` / ``filter_values``: keep only rows whose field, as text,
+    is one of the values (e.g. MATH's ``level`` in ``["3", "4", "5"]``).
+    """
+
+    question: str = "question"
+    answer: str | None = "answer"
+    id: str | None = None
+    answer_parser: Callable[[object], str | None] | None = None
+    filter_field: str | None = None
+    filter_values: tuple[str, ...] = ()
+
+
+class RowDataset:
+    """Problems from rows (mappings), mapped by a :class:`FieldMap`; every error names the row's place.
+
+    Args:
+        rows: ``(where, row)`` pairs, ``where`` naming the row for errors (``"file.jsonl:12"``).
+        fields: the field mapping and filter.
+        name: the dataset's name (problem ids are ``name:row id``).
+    """
+
+    def __init__(self, rows, fields: FieldMap, name: str):
+        self.name = name
+        self.problems: list[Problem] = []
+        for n, (where, row) in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            if fields.filter_field is not None and str(row.get(fields.filter_field)) not in fields.filter_values:
+                continue
+            self.problems.append(self._problem(where, n, row, fields))
+        if not self.problems:
+            kept = (
+                f" after keeping {fields.filter_field} in {list(fields.filter_values)}" if fields.filter_field else ""
+            )
+            raise DatasetError(f"dataset {name} has no rows{kept}")
+
+    def _problem(self, where: str, n: int, row: dict, fields: FieldMap) -> Problem:
+        question = row.get(fields.question)
+        if not isinstance(question, str) or not question.strip():
+            raise DatasetError(
+                f"{where}: field {fields.question!r} must be a non-empty string "
+                f"(got {question!r}; fields present: {sorted(row)})"
+            )
+        answer = None
+        if fields.answer is not None and row.get(fields.answer) is not None:
+            raw = row[fields.answer]
+            try:
+                answer = fields.answer_parser(raw) if fields.answer_parser else str(raw)
+            except ValueError as e:
+                raise DatasetError(f"{where}: field {fields.answer!r} is malformed: {e} (got {str(raw)[:80]!r})") from e
+        row_id = str(row.get(fields.id, n)) if fields.id else str(n)
+        return Problem(question=question, answer=answer, id=f"{self.name}:{row_id}")
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def problem(self, index: int) -> Problem:
+        return self.problems[index]
+
+
+class JsonlDataset(RowDataset):
+    """Problems from a jsonl file, one JSON object per line, mapped by field names (see :class:`FieldMap`).
 
     Args:
         path: the jsonl file.
-        question_field: field holding the question text (required in every row).
-        answer_field: field holding the reference answer; None, or a missing/null value in a row, means
-            no reference (no verifiable reward for that problem).
-        answer_parser: turns the raw field value into the reference string (raise ValueError if malformed).
-        id_field: field holding a row id (defaults to the line number).
+        question_field, answer_field, answer_parser, id_field: the :class:`FieldMap` fields.
+        fields: a whole :class:`FieldMap` instead (filters included).
     """
 
     def __init__(
@@ -86,85 +161,97 @@ class JsonlDataset:
         answer_field: str | None = "answer",
         answer_parser: Callable[[object], str | None] | None = None,
         id_field: str | None = None,
+        fields: FieldMap | None = None,
     ):
         self.path = Path(path)
         if not self.path.is_file():
             raise DatasetError(f"dataset file {self.path} does not exist")
-        self.problems: list[Problem] = []
+        fields = fields or FieldMap(question_field, answer_field, id_field, answer_parser)
+        super().__init__(self._rows(), fields, self.path.stem)
+
+    def _rows(self):
         for lineno, raw in enumerate(self.path.read_bytes().splitlines(), start=1):
+            where = f"{self.path}:{lineno}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DatasetError(
-                    f"{self.path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                    f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
                     "re-encode the file as UTF-8"
                 ) from e
             if not line.strip():
                 continue
-            self.problems.append(self._row(line, lineno, question_field, answer_field, answer_parser, id_field))
-        if not self.problems:
-            raise DatasetError(f"dataset file {self.path} has no rows")
-
-    def _row(self, line, lineno, question_field, answer_field, answer_parser, id_field) -> Problem:
-        where = f"{self.path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(row, dict):
-            raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        question = row.get(question_field)
-        if not isinstance(question, str) or not question.strip():
-            raise DatasetError(
-                f"{where}: field {question_field!r} must be a non-empty string "
-                f"(got {question!r}; fields present: {sorted(row)})"
-            )
-        answer = None
-        if answer_field is not None and row.get(answer_field) is not None:
-            raw = row[answer_field]
             try:
-                answer = answer_parser(raw) if answer_parser else str(raw)
-            except ValueError as e:
-                raise DatasetError(f"{where}: field {answer_field!r} is malformed: {e} (got {str(raw)[:80]!r})") from e
-        row_id = str(row.get(id_field, lineno)) if id_field else str(lineno)
-        return Problem(question=question, answer=answer, id=f"{self.path.stem}:{row_id}")
-
-    def __len__(self) -> int:
-        return len(self.problems)
-
-    def problem(self, index: int) -> Problem:
-        return self.problems[index]
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
 
 
-def load_dataset(name_or_path: str) -> JsonlDataset:
-    """A preset by name (``math500``, ``gsm8k``, ``aime24``, ``amc23``, ``minerva``) or a jsonl path with
-    ``question`` / ``answer`` fields."""
+# Formats the datasets library reads for us (besides jsonl, which we read with line-exact errors).
+LIBRARY_FORMATS = {".json": "json", ".parquet": "parquet"}
+
+
+def _library_rows(builder: str, split: str, label: str, **kwargs):
+    try:
+        import datasets
+    except ImportError as e:
+        raise DatasetError(f"loading {label} needs the datasets library: pip install datasets") from e
+    try:
+        table = datasets.load_dataset(builder, split=split, **kwargs)
+    except Exception as e:  # no hub, a missing split, a malformed file: say which dataset and why
+        raise DatasetError(
+            f"could not load {label} with the datasets library ({type(e).__name__}: {str(e)[:300]}). Where no hub is "
+            "reachable, download it elsewhere, save it with .to_json('rows.jsonl'), and pass that file"
+        ) from e
+    return ((f"{label} row {i}", dict(row)) for i, row in enumerate(table))
+
+
+def load_dataset(name_or_path: str, fields: FieldMap | None = None, split: str = "train") -> RowDataset:
+    """A problem set: a preset (``math500``, ``gsm8k``, ``aime24``, ``amc23``, ``minerva``: the shipped files with
+    their field mapping), a ``.jsonl`` / ``.json`` / ``.parquet`` file, or a ``datasets`` hub name ``org/name``
+    (its ``split``), mapped by ``fields`` (default: ``question`` / ``answer``)."""
     if name_or_path in PRESETS:
         p = PRESETS[name_or_path]
-        return JsonlDataset(DATA_DIR / p.path, p.question_field, p.answer_field, p.answer_parser, p.id_field)
+        preset = FieldMap(p.question_field, p.answer_field, p.id_field, p.answer_parser)
+        if fields is not None:  # a filter given with a preset applies to the preset's rows
+            preset = FieldMap(**{**preset.__dict__, "filter_field": fields.filter_field,
+                                 "filter_values": fields.filter_values})  # fmt: skip
+        return JsonlDataset(DATA_DIR / p.path, fields=preset)
+    fields = fields or FieldMap()
     path = Path(name_or_path)
-    if path.suffix != ".jsonl":
+    if path.suffix == ".jsonl":
+        return JsonlDataset(path, fields=fields)
+    if path.suffix in LIBRARY_FORMATS:
         if not path.is_file():
-            close = difflib.get_close_matches(name_or_path, PRESETS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise DatasetError(
-                f"unknown dataset {name_or_path!r}{hint}: use a preset ({', '.join(PRESETS)}) or a .jsonl path"
-            )
+            raise DatasetError(f"dataset file {path} does not exist")
+        rows = _library_rows(LIBRARY_FORMATS[path.suffix], "train", str(path), data_files=str(path))
+        return RowDataset(rows, fields, path.stem)
+    if path.is_file():
         raise DatasetError(
-            f"dataset file {path}: unsupported format {path.suffix or '(no suffix)'!r}; a dataset is a .jsonl file, "
-            "one JSON object per line with 'question' and 'answer' fields"
+            f"dataset file {path}: unsupported format {path.suffix or '(no suffix)'!r}; use .jsonl (one JSON object "
+            "per line), .json or .parquet"
         )
-    return JsonlDataset(path)
+    if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")):
+        return RowDataset(_library_rows(name_or_path, split, name_or_path), fields, name_or_path.rsplit("/", 1)[-1])
+    close = difflib.get_close_matches(name_or_path, PRESETS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise DatasetError(
+        f"unknown dataset {name_or_path!r}{hint}: use a preset ({', '.join(PRESETS)}), a .jsonl/.json/.parquet "
+        "file, or a datasets hub name such as 'org/name'"
+    )
 
 
 def check_dataset(name_or_path: str) -> bool:
-    """True if ``name_or_path`` is a preset or an existing ``.jsonl`` file, else :class:`DatasetError` saying which
-    (cheap: the file is not read; config validation, so ``--dry-run``, calls it)."""
+    """True if ``name_or_path`` can name a dataset: a preset, an existing file of a readable format, or a hub name
+    (``org/name``, which only loading can check); else :class:`DatasetError` saying why. Cheap: nothing is read
+    (config validation, so ``--dry-run``, calls it)."""
     if name_or_path in PRESETS:
         return True
     path = Path(name_or_path)
-    if path.suffix == ".jsonl" and not path.is_file():
-        raise DatasetError(f"dataset file {path} does not exist")
-    if path.suffix != ".jsonl":
-        load_dataset(name_or_path)  # raises the unknown-name or unsupported-format error
+    if path.suffix in (".jsonl", *LIBRARY_FORMATS):
+        if not path.is_file():
+            raise DatasetError(f"dataset file {path} does not exist")
+        return True
+    if path.is_file() or "/" not in name_or_path or name_or_path.startswith((".", "/", "~")):
+        load_dataset(name_or_path)  # raises the unsupported-format or unknown-name error
     return True

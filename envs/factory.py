@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envs.datasets import DatasetError, check_dataset, load_dataset
+from envs.datasets import PRESETS, DatasetError, FieldMap, check_dataset, load_dataset
 from envs.prm import HFTokenClassificationPRM, ProcessRewardModel
 from envs.reasoning_env import ReasoningStepEnv
 from envs.rule_prm import ArithmeticRulePRM
@@ -47,16 +47,40 @@ def arithmetic_task(cfg, split: str) -> ArithmeticTask:
 
 
 @dataclass
-class JsonlOptions:
+class DatasetOptions:
     dataset: str | None = opt(
-        None, "jsonl task: a preset (math500, gsm8k, aime24, amc23, minerva) or a file path", check=check_dataset
+        None,
+        "dataset task: a preset (math500, gsm8k, aime24, amc23, minerva), a .jsonl/.json/.parquet file, or a "
+        "datasets hub name org/name",
+        check=check_dataset,
+    )
+    dataset_split: str = opt("train", "dataset task: the split of a hub dataset")
+    question_field: str = opt("question", "dataset task: the field holding the question (files and hub sets)")
+    answer_field: str | None = opt("answer", "dataset task: the reference answer's field (null: no answers)")
+    id_field: str | None = opt(None, "dataset task: a row id field (default: the row number)")
+    filter_field: str | None = opt(None, "dataset task: keep only rows whose field is in filter_values, e.g. level")
+    filter_values: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
+        [], "dataset task: the values filter_field may take, as text, e.g. ['Level 3', 'Level 4', 'Level 5']"
     )
 
 
-@register("task", "jsonl", options=JsonlOptions, requires=("dataset",))
-def jsonl_task(cfg, split: str) -> ProblemSource:
-    """A jsonl dataset (a shipped preset or a file); its own rows serve as the held-out split too."""
-    return load_dataset(cfg.env.dataset)
+def field_map(cfg, filtered: bool = True) -> FieldMap:
+    """The configured field mapping (and, with ``filtered``, the row filter) of the dataset task."""
+    env = cfg.env
+    return FieldMap(
+        question=env.question_field,
+        answer=env.answer_field,
+        id=env.id_field,
+        filter_field=env.filter_field if filtered else None,
+        filter_values=tuple(env.filter_values) if filtered else (),
+    )
+
+
+@register("task", "dataset", options=DatasetOptions, requires=("dataset",))
+def dataset_task(cfg, split: str) -> ProblemSource:
+    """A problem set (``envs.datasets.load_dataset``); its own rows serve as the held-out split too."""
+    fields = field_map(cfg) if cfg.env.filter_field or cfg.env.dataset not in PRESETS else None
+    return load_dataset(cfg.env.dataset, fields, split=cfg.env.dataset_split)
 
 
 def make_source(cfg, split: str = "train") -> ProblemSource:
@@ -65,7 +89,9 @@ def make_source(cfg, split: str = "train") -> ProblemSource:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "eval" and cfg.env.eval_dataset:
-        return load_dataset(cfg.env.eval_dataset)
+        # The training set's field names apply to a held-out file too; its row filter does not.
+        name = cfg.env.eval_dataset
+        return load_dataset(name, None if name in PRESETS else field_map(cfg, filtered=False))
     return get("task", cfg.env.task)(cfg, split)
 
 

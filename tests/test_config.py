@@ -78,7 +78,7 @@ def test_int_accepted_for_float():
         ("warmup.steps=-1", r"warmup\.steps=-1 .*>= 0"),
         ("warmup.lr=0", r"warmup\.lr=0\.0 .*> 0"),
         ("train.samples_per_prompt=1", r"train\.samples_per_prompt=1.*needs >= 2"),
-        ("env.task=jsonl", r"env\.dataset is required"),
+        ("env.task=dataset", r"env\.dataset is required"),
         ("env.prompt_template=hello", r"env\.prompt_template.*\{question\}"),
         ("temperature=0.1", r"section\.key"),
         ("algo.temperature", r"section\.key=value"),

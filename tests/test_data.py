@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from envs.datasets import PRESETS, DatasetError, JsonlDataset, load_dataset
@@ -108,7 +110,52 @@ def test_verifiable_reward_on_a_dataset_without_any_answer_is_an_error(tmp_path)
 
     f = tmp_path / "free.jsonl"
     f.write_text('{"question": "a?"}\n{"question": "b?"}\n')
-    cfg = load_config("configs/tiny.yaml", ["env.task=jsonl", f"env.dataset={f}"])
+    cfg = load_config("configs/tiny.yaml", ["env.task=dataset", f"env.dataset={f}"])
     with pytest.raises(DatasetError, match=r"env\.reward_mode=prm\+vr uses the verifier, but no problem"):
         make_env(cfg)
-    make_env(load_config("configs/tiny.yaml", ["env.task=jsonl", f"env.dataset={f}", "env.reward_mode=prm"]))
+    make_env(load_config("configs/tiny.yaml", ["env.task=dataset", f"env.dataset={f}", "env.reward_mode=prm"]))
+
+
+def test_parquet_and_json_files_load_through_the_datasets_library_with_field_mapping_and_a_filter(tmp_path):
+    import datasets
+
+    from envs.datasets import FieldMap
+
+    rows = {
+        "problem": ["1 + 1?", "2 + 2?", "3 + 3?"],
+        "solution_value": ["2", "4", "6"],
+        "level": ["Level 1", "Level 3", "Level 5"],
+    }
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "math.parquet"))
+    (tmp_path / "math.json").write_text(json.dumps([dict(zip(rows, v)) for v in zip(*rows.values())]))
+    fields = FieldMap(question="problem", answer="solution_value", filter_field="level",
+                      filter_values=("Level 3", "Level 5"))  # fmt: skip
+    for name in ("math.parquet", "math.json"):
+        ds = load_dataset(str(tmp_path / name), fields)
+        assert [(p.question, p.answer) for p in ds.problems] == [("2 + 2?", "4"), ("3 + 3?", "6")], name
+    with pytest.raises(DatasetError, match=r"math\.parquet row 0: field 'question' must be a non-empty string"):
+        load_dataset(str(tmp_path / "math.parquet"))
+    with pytest.raises(DatasetError, match=r"has no rows after keeping level in \['Level 9'\]"):
+        load_dataset(str(tmp_path / "math.json"), FieldMap("problem", filter_field="level", filter_values=("Level 9",)))
+
+
+def test_the_dataset_task_reads_field_keys_from_the_config(tmp_path):
+    from envs import make_source
+    from pure_rl.config import load_config
+
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"q": "a?", "a": 1, "lvl": 3}\n{"q": "b?", "a": 2, "lvl": 1}\n')
+    cfg = load_config(
+        "configs/tiny.yaml",
+        ["env.task=dataset", f"env.dataset={f}", "env.question_field=q", "env.answer_field=a",
+         "env.filter_field=lvl", "env.filter_values=['3']"],
+    )  # fmt: skip
+    source = make_source(cfg)
+    assert [(p.question, p.answer) for p in source.problems] == [("a?", "1")]
+
+
+def test_a_hub_name_without_a_hub_is_a_clear_offline_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DatasetError, match=r"could not load someone/math-prompts with the datasets library.*download"):
+        load_dataset("someone/math-prompts")

@@ -278,7 +278,7 @@ def test_make_env_from_config_and_estimator_on_rollout():
 
 
 def test_make_env_jsonl_preset_and_hf_prm_config_errors():
-    cfg = load_config("configs/tiny.yaml", ["env.task=jsonl", "env.dataset=gsm8k"])
+    cfg = load_config("configs/tiny.yaml", ["env.task=dataset", "env.dataset=gsm8k"])
     env = make_env(cfg)
     assert env.reset()["has_reference"].all()
     with pytest.raises(Exception, match="prm_model"):
