@@ -11,10 +11,11 @@ import abc
 import math
 import numbers
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-__all__ = ["HFTokenClassificationPRM", "PRMError", "ProcessRewardModel"]
+__all__ = ["HFTokenClassificationPRM", "PRMError", "ProcessRewardModel", "load_trained_prm"]
 
 
 class PRMError(RuntimeError):
@@ -73,6 +74,39 @@ class ProcessRewardModel(abc.ABC):
         return checked
 
 
+def load_trained_prm(path: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A token-classification PRM from ``path`` with every weight from the checkpoint.
+
+    transformers' ``*ForTokenClassification`` has a one-layer head (``score``), PURE-PRM's layout; Qwen2.5-Math-PRM
+    saves a two-layer head (``score.0`` -> ReLU -> ``score.2``), built here and loaded from its files. Any weight
+    the checkpoint lacks (a head that would be newly initialised at random, e.g. a base LM given as a PRM) is a
+    :class:`PRMError`: a random head scores steps with noise.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoModelForTokenClassification
+
+    model, info = AutoModelForTokenClassification.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    missing, unexpected = set(info["missing_keys"]), set(info["unexpected_keys"])
+    two_layer = {"score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"}
+    if two_layer <= unexpected and missing <= {"score.weight", "score.bias"}:
+        hidden, labels = model.config.hidden_size, model.config.num_labels
+        model.score = torch.nn.Sequential(
+            torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels)
+        ).to(dtype)
+        head = {}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            head.update({k[len("score.") :]: v for k, v in load_file(str(f)).items() if k.startswith("score.")})
+        model.score.load_state_dict(head)
+        missing, unexpected = set(), unexpected - two_layer
+    if missing:
+        raise PRMError(
+            f"PRM {path}: {len(missing)} weights are not in the checkpoint and would be initialised at random "
+            f"({', '.join(sorted(missing)[:4])}): it is not a trained token-classification PRM (a PURE-PRM-style "
+            "2-way head 'score', or Qwen2.5-Math-PRM's 'score.0'/'score.2')"
+        )
+    return model
+
+
 class HFTokenClassificationPRM(ProcessRewardModel):
     """A 2-way token-classification PRM from transformers, scoring every step in one forward pass.
 
@@ -113,7 +147,7 @@ class HFTokenClassificationPRM(ProcessRewardModel):
         batch_size: int = 8,
         max_length: int = 4096,
     ):
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if layout not in ("pure", "qwen"):
             raise ValueError(f"layout must be 'pure' or 'qwen', got {layout!r}")
@@ -121,7 +155,7 @@ class HFTokenClassificationPRM(ProcessRewardModel):
             raise ValueError(f"score_mode must be 'difference' or 'positive', got {score_mode!r}")
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             tokenizer = tokenizer or str(model)
-            model = AutoModelForTokenClassification.from_pretrained(str(model), dtype=dtype or torch.float32)
+            model = load_trained_prm(str(model), dtype or torch.float32)
         if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
         if tokenizer is None:

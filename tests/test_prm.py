@@ -217,3 +217,35 @@ def test_step_text_cannot_forge_qwen_step_positions(tiny_prm_model, tiny_tokeniz
     # The marker text is dropped, so the scores are those of the text without it.
     clean = [STEPS[0].replace("Tom", "Tom "), STEPS[1], STEPS[2]]
     assert prm([QUESTION + " <extra_0>"], [forged])[0] == pytest.approx(prm([QUESTION + " "], [clean])[0], abs=1e-6)
+
+
+def test_a_prm_without_trained_head_weights_is_an_error(tiny_tokenizer, tmp_path):
+    """A base causal LM (no 'score' head) given as a PRM would get a random head: refused, naming the weights."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(PRMError, match=r"would be initialised at random \(score\.bias, score\.weight\)"):
+        HFTokenClassificationPRM(tmp_path)
+
+
+def test_qwen_math_prm_two_layer_head_loads_its_trained_weights(tiny_prm_model, tiny_tokenizer, tmp_path):
+    """A checkpoint laid out as Qwen2.5-Math-PRM's (score.0 -> ReLU -> score.2): its head weights are used."""
+    h = tiny_prm_model.config.hidden_size
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Sequential(torch.nn.Linear(h, h), torch.nn.ReLU(), torch.nn.Linear(h, 2))
+    for p in head.parameters():
+        p.data = torch.randn(p.shape, generator=g)
+    state = {k: v for k, v in tiny_prm_model.state_dict().items() if not k.startswith("score.")}
+    state.update({f"score.{k}": v for k, v in head.state_dict().items()})
+    tiny_prm_model.save_pretrained(tmp_path, state_dict=state)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    prm = HFTokenClassificationPRM(tmp_path, layout="qwen")
+    ids, positions = prm._encode(QUESTION, STEPS)
+    with torch.no_grad():
+        hidden = tiny_prm_model.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        probs = torch.softmax(head(hidden), -1)
+    manual = [(probs[p, 1] - probs[p, 0]).item() for p in positions]
+    assert prm([QUESTION], [STEPS])[0] == pytest.approx(manual, abs=1e-5)
