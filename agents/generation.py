@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from agents.lora import is_lora
 from envs.steps import completes_step, is_answer_step
 
 __all__ = ["Generation", "GenerationBackend", "TransformersBackend", "sample_next"]
@@ -104,8 +105,10 @@ class TransformersBackend:
         self._token_text: dict[int, str] = {}
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Nothing to do: generation runs on the trained module itself."""
-        if model is not self.model:
+        """Nothing to do when generation runs on the trained module itself (or on the base model a LoRA policy's
+        adapters were injected into); another module's weights are copied in."""
+        base = model.get_base_model() if is_lora(model) else model
+        if base is not self.model:
             self.model.load_state_dict(model.state_dict())
 
     def _text(self, token: int) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from agents.generation import Generation
+from agents.lora import engine_weights
 from envs.steps import ends_step, is_answer_step, split_token_steps
 
 __all__ = ["VLLMBackend", "VLLMNotAvailableError"]
@@ -217,8 +218,8 @@ class VLLMBackend:
 
         folder = "/dev/shm" if Path("/dev/shm").is_dir() else None
         with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=folder) as f:
-            # named_parameters() lists tied weights once (vLLM ties them itself).
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in model.named_parameters()}, f.name)
+            # Tied weights once (vLLM ties them itself); a LoRA model's adapters merged into its base names.
+            save_file({k: v.to("cpu").contiguous() for k, v in engine_weights(model).items()}, f.name)
             self.llm.collective_rpc("pure_rl_load_weights", args=(f.name,))
         # Cached prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()

@@ -19,6 +19,7 @@ from envs.tasks import Problem
 from envs.verifier import last_boxed
 
 __all__ = [
+    "ANSWER_PARSERS",
     "DATA_DIR",
     "PRESETS",
     "DatasetError",
@@ -57,6 +58,14 @@ def _boxed_answer(raw: object) -> str | None:
     if answer is None:
         raise ValueError("the solution has no \\boxed{} answer")
     return answer
+
+
+# How a file's answer field becomes the reference answer (``env.answer_format``).
+ANSWER_PARSERS: dict[str, Callable[[object], str | None] | None] = {
+    "text": None,
+    "boxed": _boxed_answer,
+    "gsm8k": _gsm8k_answer,
+}
 
 
 @dataclass(frozen=True)

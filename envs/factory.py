@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envs.datasets import PRESETS, DatasetError, FieldMap, check_dataset, load_dataset
+from envs.datasets import ANSWER_PARSERS, PRESETS, DatasetError, FieldMap, check_dataset, load_dataset
 from envs.prm import HFTokenClassificationPRM, ProcessRewardModel
 from envs.reasoning_env import ReasoningStepEnv
 from envs.rule_prm import ArithmeticRulePRM
@@ -57,6 +57,12 @@ class DatasetOptions:
     dataset_split: str = opt("train", "dataset task: the split of a hub dataset")
     question_field: str = opt("question", "dataset task: the field holding the question (files and hub sets)")
     answer_field: str | None = opt("answer", "dataset task: the reference answer's field (null: no answers)")
+    answer_format: str = opt(
+        "text",
+        "dataset task: the answer field holds the answer (text), a solution with a \\boxed{} answer (boxed), or a "
+        "GSM8K solution ending in '#### answer' (gsm8k)",
+        choices=("text", "boxed", "gsm8k"),
+    )
     id_field: str | None = opt(None, "dataset task: a row id field (default: the row number)")
     filter_field: str | None = opt(None, "dataset task: keep only rows whose field is in filter_values, e.g. level")
     filter_values: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
@@ -71,6 +77,7 @@ def field_map(cfg, filtered: bool = True) -> FieldMap:
         question=env.question_field,
         answer=env.answer_field,
         id=env.id_field,
+        answer_parser=ANSWER_PARSERS[env.answer_format],
         filter_field=env.filter_field if filtered else None,
         filter_values=tuple(env.filter_values) if filtered else (),
     )

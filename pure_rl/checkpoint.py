@@ -85,7 +85,7 @@ def save_checkpoint(
     run_dir: str | Path,
     *,
     iteration: int,
-    model,
+    model_state: dict,
     optimizer,
     env_state: dict,
     rng: dict,
@@ -94,15 +94,16 @@ def save_checkpoint(
     extra: dict | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoint.pt`` (and its ``checkpoint.json``) atomically, keeping the previous pair as
-    ``checkpoint.prev.*``; ``iteration`` is the number of finished iterations, ``config`` the run config as plain
-    data, ``critic`` the estimator's learned critic if it has one. A failed write raises :class:`CheckpointError`
+    ``checkpoint.prev.*``; ``iteration`` is the number of finished iterations, ``model_state`` the policy's
+    trained weights (all of them, or a LoRA model's adapters), ``config`` the run config as plain data,
+    ``critic`` the estimator's learned critic if it has one. A failed write raises :class:`CheckpointError`
     and leaves the last good checkpoint in place."""
     run_dir = Path(run_dir)
     path, previous = run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_NAME
     payload = {
         "format": FORMAT,
         "iteration": iteration,
-        "model": model.state_dict(),
+        "model": model_state,
         "optimizer": optimizer.state_dict(),
         "env": env_state,
         "rng": rng,

@@ -1,7 +1,7 @@
 """The run config: typed dataclasses loaded from YAML, with dotted CLI overrides and validation.
 
-Every hyperparameter lives here with its default and a one-line help (``opt(...)``), in six sections: ``env``,
-``policy``, ``warmup``, ``algo``, ``train``, ``log``, plus the top-level ``plugins`` list. The keys of a
+Every hyperparameter lives here with its default and a one-line help (``opt(...)``), in seven sections: ``env``,
+``policy``, ``warmup``, ``lora``, ``algo``, ``train``, ``log``, plus the top-level ``plugins`` list. The keys of a
 registered thing (a PRM's model folder, a task's difficulty, an estimator's temperature) are declared beside it
 (:mod:`pure_rl.registry`) and join its kind's section here. ``load_config(path, overrides)`` reads a YAML file,
 imports its plug-ins, applies overrides such as ``algo.temperature=0.05`` and validates the result: an unknown
@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "EnvConfig",
     "LogConfig",
+    "LoraConfig",
     "PolicyConfig",
     "RunConfig",
     "TrainConfig",
@@ -192,6 +193,22 @@ class WarmupConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through peft (``rank`` 0: train every weight). The KL reference is then the base model with
+    its adapters disabled, and checkpoints hold the adapters only."""
+
+    rank: int = opt(0, "adapter rank (0: no LoRA, full fine-tuning)", check=non_negative, allowed=">= 0")
+    alpha: float = opt(
+        16.0, "LoRA scaling numerator (the update is scaled by alpha / rank)", check=positive, allowed="> 0"
+    )
+    dropout: float = opt(0.0, "dropout on the adapters' input", check=_unit_interval, allowed="in [0, 1]")
+    target_modules: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "names of the linear layers that get adapters",
+    )
+
+
+@dataclass
 class AlgoConfig:
     """Credit assignment and the PPO objective (docs/spec.md sections 3, 5, 6).
 
@@ -294,6 +311,7 @@ class RunConfig:
     env: EnvConfig = field(default_factory=lambda: section_class("env")())
     policy: PolicyConfig = field(default_factory=lambda: section_class("policy")())
     warmup: WarmupConfig = field(default_factory=lambda: section_class("warmup")())
+    lora: LoraConfig = field(default_factory=lambda: section_class("lora")())
     algo: AlgoConfig = field(default_factory=lambda: section_class("algo")())
     train: TrainConfig = field(default_factory=lambda: section_class("train")())
     log: LogConfig = field(default_factory=lambda: section_class("log")())
@@ -303,7 +321,13 @@ class RunConfig:
 
 
 SECTION_CLASSES.update(
-    env=EnvConfig, policy=PolicyConfig, warmup=WarmupConfig, algo=AlgoConfig, train=TrainConfig, log=LogConfig
+    env=EnvConfig,
+    policy=PolicyConfig,
+    warmup=WarmupConfig,
+    lora=LoraConfig,
+    algo=AlgoConfig,
+    train=TrainConfig,
+    log=LogConfig,
 )
 
 

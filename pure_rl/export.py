@@ -2,8 +2,9 @@
 
 Writes a Hugging Face model folder (``config.json``, ``model.safetensors``, the tokenizer, and ``export.json``
 naming the run and iteration) that ``transformers`` and vLLM load as any model. The weights are the run's last
-good checkpoint; the dtype is the run's training dtype (its compute dtype under mixed precision), or ``--dtype``
-(``float32`` gives the fp32 master weights of a mixed-precision run).
+good checkpoint (a LoRA run's adapters merged into its base model); the dtype is the run's training dtype (its
+compute dtype under mixed precision), or ``--dtype`` (``float32``: the fp32 master weights of a mixed-precision
+run).
 """
 
 from __future__ import annotations
@@ -45,7 +46,15 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str | None = None) -
     ckpt = load_checkpoint(run_dir)
     # The architecture and tokenizer come from the model the run started from; the weights from the checkpoint.
     model, tokenizer, _ = load_model_and_tokenizer(warmed_up_model(cfg), "float32", "cpu")
-    model.load_state_dict(ckpt["model"])
+    if cfg.lora.rank > 0:
+        from agents.lora import apply_lora, load_adapter_state
+
+        lora = cfg.lora
+        peft_model = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
+        load_adapter_state(peft_model, ckpt["model"])
+        model = peft_model.merge_and_unload()  # adapters merged: a plain model of the base architecture
+    else:
+        model.load_state_dict(ckpt["model"])
     model = model.to(getattr(torch, dtype))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

@@ -43,6 +43,13 @@ class Architecture:
     def kv_dim(self) -> int:
         return self.kv_heads * (self.hidden // self.heads)
 
+    def lora_parameters(self, rank: int, target_modules) -> int:
+        """Adapter parameters of rank ``rank`` on the named linear layers of every decoder layer."""
+        h, kv, i = self.hidden, self.kv_dim, self.intermediate
+        shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                  "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
+        return self.layers * sum(rank * (a + b) for name, (a, b) in shapes.items() if name in target_modules)
+
     def parameters(self) -> int:
         h, kv = self.hidden, self.kv_dim
         attention = 2 * h * h + 2 * h * kv + (h + 2 * kv if self.qkv_bias else 0)
@@ -166,9 +173,13 @@ def memory_plan(cfg, device_memory_gib: float | None = None) -> MemoryPlan:
     add(device, f"{weights}, {n / 1e9:.2f}B parameters", n * param_bytes)
     if mixed:
         add(device, "autocast compute copy of the weights (16-bit)", n * 2)
-    add(device, "gradients", n * param_bytes)
-    add(device, "AdamW state (2 moments)", 2 * n * param_bytes)
-    if cfg.algo.kl_coef > 0:
+    lora = cfg.lora.rank > 0
+    trained = arch.lora_parameters(cfg.lora.rank, cfg.lora.target_modules) if lora else n
+    if lora:
+        add(device, f"LoRA adapters, rank {cfg.lora.rank}: {trained / 1e6:.1f}M parameters", trained * param_bytes)
+    add(device, "gradients" + (" (adapters)" if lora else ""), trained * param_bytes)
+    add(device, "AdamW state (2 moments)" + (" (adapters)" if lora else ""), 2 * trained * param_bytes)
+    if cfg.algo.kl_coef > 0 and not lora:  # with LoRA the reference is the base model, adapters off
         add(device, "KL reference policy", n * compute_bytes)
     if cfg.env.reward_mode != "vr" and cfg.env.prm == "hf":
         prm = architecture(cfg.env.prm_model, token_classification=True)
@@ -211,8 +222,10 @@ def memory_plan(cfg, device_memory_gib: float | None = None) -> MemoryPlan:
         levers.append(f"a smaller train.micro_batch_size ({chosen / tc.micro_batch_size / GIB:.2f} GiB per sequence)")
     if pc.backend == "vllm" and on_gpu:
         levers.append("a smaller policy.gpu_memory_utilization (vLLM's share), or the PRM on another device")
-    state = n * param_bytes * 3
-    levers.append(f"LoRA (gradients and AdamW state of the adapters only: saves up to {state / GIB:.1f} GiB; planned)")
+    if not lora:
+        saved = n * param_bytes * 3 + (n * compute_bytes if cfg.algo.kl_coef > 0 else 0)
+        levers.append(f"lora.rank=16 (gradients and AdamW state of the adapters only, no reference copy: saves about "
+                      f"{saved / GIB:.1f} GiB)")  # fmt: skip
     shards = max(2, math.ceil(sum(b for _, b in parts[device]) / budget)) if budget else 2
     levers.append(f"more GPUs: {shards}+ with FSDP shard weights, gradients and AdamW state (planned)")
     notes = [f"prompt length estimated at {prompt_tokens} tokens from env.prompt_template"]

@@ -175,6 +175,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     from tqdm import tqdm
 
     from agents import make_policy, make_reference_model
+    from agents.lora import AdaptersDisabled, adapter_state, apply_lora, load_adapter_state
     from envs import make_env
     from pure_rl import registry
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -214,8 +215,19 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     model, tokenizer = policy.model, policy.tokenizer
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    # Under mixed precision the frozen reference is stored in the compute dtype: it is only ever run in it.
-    reference = make_reference_model(model, dtype=compute_dtype(cfg)) if cfg.algo.kl_coef > 0 else None
+    lora = cfg.lora.rank > 0
+    if lora:
+        # Adapters go into the base model's own modules: the generation backend runs them too.
+        model = policy.model = apply_lora(
+            model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules
+        )
+    if cfg.algo.kl_coef == 0:
+        reference = None
+    elif lora:
+        reference = AdaptersDisabled(model)  # the base weights are the reference: no second copy
+    else:
+        # Under mixed precision the frozen reference is stored in the compute dtype: it is only ever run in it.
+        reference = make_reference_model(model, dtype=compute_dtype(cfg))
     loss_module = StepTokenPPOLoss(
         model,
         clip_epsilon=cfg.algo.clip_epsilon,
@@ -251,7 +263,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     start = 0
     if resume:
         ckpt = load_checkpoint(run_dir)
-        model.load_state_dict(ckpt["model"])
+        if lora:
+            load_adapter_state(model, ckpt["model"])
+        else:
+            model.load_state_dict(ckpt["model"])
         if loss_module.critic is not None:
             loss_module.critic.load_state_dict(ckpt["critic"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -279,7 +294,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         save_checkpoint(
             run_dir,
             iteration=done_iterations,
-            model=model,
+            model_state=adapter_state(model) if lora else model.state_dict(),
             optimizer=optimizer,
             env_state=envs_state,
             rng=rng_state(sampler),

@@ -174,8 +174,9 @@ def accumulate_gradients(
 
 
 def trainable_parameters(loss_module) -> list[torch.nn.Parameter]:
-    """The policy's parameters, and the critic's when the estimator has one."""
-    params = list(loss_module.model.parameters())
+    """The policy's trainable parameters (all, or a LoRA model's adapters), and the critic's if the estimator has
+    one."""
+    params = [p for p in loss_module.model.parameters() if p.requires_grad]
     if loss_module.critic is not None:
         params += list(loss_module.critic.parameters())
     return params

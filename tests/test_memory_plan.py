@@ -25,7 +25,7 @@ def test_the_papers_config_does_not_fit_one_h200_and_says_which_levers():
     done = dry_run("configs/paper_qwen7b_prm_vr.yaml", "--device-memory", "141")
     assert done.returncode == 3, done.stdout + done.stderr
     last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("memory plan: does not fit: cuda:0 needs") and "more GPUs" in last and "LoRA" in last
+    assert last.startswith("memory plan: does not fit: cuda:0 needs") and "more GPUs" in last and "lora.rank=16" in last
     for part in ("fp32 masters", "autocast compute copy", "gradients", "AdamW state", "KL reference", "PRM",
                  "vLLM engine", "activations"):  # fmt: skip
         assert part in done.stdout, part

@@ -131,3 +131,29 @@ def test_vllm_samples_of_one_prompt_differ_and_respect_each_budget(vllm_policy):
     assert gens[5].finish in ("length", "eos")
     if len(gens[5].token_ids) == 3 and gens[5].token_ids[-1] not in backend.eos_token_ids:
         assert gens[5].finish == "length"
+
+
+def test_vllm_weight_sync_pushes_a_lora_policys_merged_weights(vllm_policy):
+    """After a sync, greedy vLLM output equals the transformers model with its adapters, token for token."""
+    from agents.generation import TransformersBackend
+    from agents.lora import apply_lora
+
+    cfg, policy = vllm_policy
+    base = policy.model
+    prompt = [policy.prompt_ids(cfg.env.prompt_template.format(question="Ann has 5 coins. How many?"))]
+    before = policy.backend.generate(prompt, [40], stop_at_step=False)[0].token_ids
+    lora = apply_lora(base, 8, 16.0, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    try:
+        torch.manual_seed(2)
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:  # B starts at zero: make the adapters change the output
+                    p.normal_(0, 0.3)
+        hf = TransformersBackend(base, policy.tokenizer, temperature=0).generate(prompt, [40], stop_at_step=False)
+        assert hf[0].token_ids != before, "the adapters must change greedy output for the test to mean much"
+        policy.model = lora
+        policy.sync_weights()
+        assert policy.backend.generate(prompt, [40], stop_at_step=False)[0].token_ids == hf[0].token_ids
+    finally:
+        policy.model = lora.unload()  # the base model without adapter layers, as before
+        policy.sync_weights()
