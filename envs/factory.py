@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from envs.datasets import ANSWER_PARSERS, PRESETS, DatasetError, FieldMap, check_dataset, load_dataset
-from envs.prm import HFTokenClassificationPRM, ProcessRewardModel
+from envs.prm import LAYOUTS, HFTokenClassificationPRM, ProcessRewardModel
 from envs.reasoning_env import ReasoningStepEnv
 from envs.rule_prm import ArithmeticRulePRM
 from envs.tasks import ArithmeticTask, ProblemSource
@@ -129,8 +129,9 @@ class HFPRMOptions:
     prm_model: str | None = opt(None, "hf PRM: an HF token-classification PRM folder or hub name")
     prm_layout: str = opt(
         "pure",
-        "hf PRM input layout: PURE-PRM ('\\n' after each step) or Qwen2.5-Math-PRM (<extra_0>)",
-        choices=("pure", "qwen"),
+        "hf PRM input layout: pure (PURE-PRM-7B as the reference feeds it: policy prompt and step token ids, '\\n' "
+        "after each step), pure_text (the same from text), qwen (Qwen2.5-Math-PRM, <extra_0>)",
+        choices=LAYOUTS,
     )
     prm_device: str = opt("cpu", "hf PRM: torch device")
     prm_dtype: str = opt("float32", "hf PRM: dtype", choices=("float32", "bfloat16", "float16"))

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["HFTokenClassificationPRM", "PRMError", "ProcessRewardModel", "load_trained_prm"]
+__all__ = ["LAYOUTS", "HFTokenClassificationPRM", "PRMError", "ProcessRewardModel", "load_trained_prm"]
+
+LAYOUTS = ("pure", "pure_text", "qwen")
 
 
 class PRMError(RuntimeError):
@@ -31,6 +33,9 @@ class ProcessRewardModel(abc.ABC):
     """
 
     score_range: tuple[float, float] = (-1.0, 1.0)
+    # A PRM that reads the policy's own tokens (the reference layout) sets this; the env then passes
+    # ``prompts`` (the formatted prompt texts) and ``step_token_ids`` (each step's sampled ids) to ``score``.
+    wants_token_ids: bool = False
 
     @abc.abstractmethod
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
@@ -44,8 +49,18 @@ class ProcessRewardModel(abc.ABC):
             ``B`` lists of floats in ``[-1, 1]``, one per step.
         """
 
-    def __call__(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        scores = self.score(questions, steps)
+    def __call__(
+        self,
+        questions: Sequence[str],
+        steps: Sequence[Sequence[str]],
+        *,
+        prompts: Sequence[str] | None = None,
+        step_token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+    ) -> list[list[float]]:
+        if self.wants_token_ids:
+            scores = self.score(questions, steps, prompts=prompts, step_token_ids=step_token_ids)
+        else:
+            scores = self.score(questions, steps)
         name = type(self).__name__
         if not isinstance(scores, (list, tuple)) or len(scores) != len(steps):
             got = f"{len(scores)} score lists" if isinstance(scores, (list, tuple)) else repr(scores)[:60]
@@ -110,11 +125,17 @@ def load_trained_prm(path: str, dtype: torch.dtype) -> torch.nn.Module:
 class HFTokenClassificationPRM(ProcessRewardModel):
     """A 2-way token-classification PRM from transformers, scoring every step in one forward pass.
 
-    Two layouts the field uses:
+    The layouts the field uses:
 
-    - ``"pure"`` (PURE-PRM-7B): the question, ``"\\n"``, then each step stripped and followed by a ``"\\n"``
-      token; a step's score is read at its ``"\\n"``. Pieces are tokenized separately and concatenated, so
-      the marker is one known token whatever the tokenizer would merge it with.
+    - ``"pure"`` (PURE-PRM-7B, exactly as the PURE reference code feeds it): the policy's prompt ids, then each
+      step's sampled token ids without its boundary token (the one ending in ``"\\n\\n"``, or EOS), then the
+      ``"\\n"`` token; a step's score is read at its ``"\\n"``. It needs the PRM to share the policy's tokenizer
+      (PURE-PRM-7B and Qwen2.5-Math-7B do) and the env to pass the token ids (it does); the prompt is the
+      template-formatted text, which is the policy's prompt when ``env.use_chat_template`` is false, as in the
+      paper.
+    - ``"pure_text"``: the same PRM from text: the bare question, ``"\\n"``, then each step stripped and followed
+      by a ``"\\n"`` token (pieces tokenized separately). Close to TRL's PRMTrainer format; not what PURE-PRM-7B
+      was trained on (on a random model, step scores differ from ``"pure"`` by 0.10 on average).
     - ``"qwen"`` (Qwen2.5-Math-PRM): the chat template with the question as user turn and the steps joined by
       a special step token (``<extra_0>``) as assistant turn; scores are read at that token.
 
@@ -124,7 +145,7 @@ class HFTokenClassificationPRM(ProcessRewardModel):
     Args:
         model: a ``*ForTokenClassification`` model with 2 labels (or a folder / hub name to load).
         tokenizer: its tokenizer (or a folder / name; defaults to the model's).
-        layout: ``"pure"`` or ``"qwen"``.
+        layout: ``"pure"``, ``"pure_text"`` or ``"qwen"``.
         step_token: the Qwen layout's step token.
         system_prompt: the Qwen layout's system turn.
         device, dtype: where and in which precision to run (e.g. ``"cuda:0"``, ``torch.bfloat16``).
@@ -149,8 +170,8 @@ class HFTokenClassificationPRM(ProcessRewardModel):
     ):
         from transformers import AutoTokenizer
 
-        if layout not in ("pure", "qwen"):
-            raise ValueError(f"layout must be 'pure' or 'qwen', got {layout!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if score_mode not in ("difference", "positive"):
             raise ValueError(f"score_mode must be 'difference' or 'positive', got {score_mode!r}")
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -170,7 +191,8 @@ class HFTokenClassificationPRM(ProcessRewardModel):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.max_length = max_length
-        if layout == "pure":
+        self.wants_token_ids = layout == "pure"
+        if layout in ("pure", "pure_text"):
             ids = tokenizer.encode("\n", add_special_tokens=False)
             if len(ids) != 1:
                 raise ValueError(f"the PRM tokenizer encodes '\\n' as {len(ids)} tokens; the pure layout needs one")
@@ -181,11 +203,14 @@ class HFTokenClassificationPRM(ProcessRewardModel):
                 raise ValueError(f"the PRM tokenizer has no step token {step_token!r}")
             self.step_token = step_token
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._eos_ids = {
+            t for t in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)) if isinstance(t, int)
+        }
 
     def _encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         """Token ids and the positions of the step markers."""
         enc = self.tokenizer
-        if self.layout == "pure":
+        if self.layout == "pure_text":
             ids = [*enc.encode(question, add_special_tokens=False), self.marker_id]
             positions = []
             for step in steps:
@@ -210,17 +235,47 @@ class HFTokenClassificationPRM(ProcessRewardModel):
             )
         return ids, positions
 
+    def _encode_reference(self, prompt: str, step_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+        """The PURE reference's PRM input: prompt ids, each step's ids without its boundary token, ``"\\n"``."""
+        ids = list(self.tokenizer.encode(prompt, add_special_tokens=False))
+        positions = []
+        for toks in step_ids:
+            toks = [int(t) for t in toks]  # tensors' elements too
+            body = toks[:-1] if toks and self._is_boundary(toks[-1]) else toks
+            ids += [*body, self.marker_id]
+            positions.append(len(ids) - 1)
+        return ids, positions
+
+    def _is_boundary(self, token: int) -> bool:
+        # The reference's separators: every token whose text ends with "\n\n"; and EOS.
+        if token in self._eos_ids:
+            return True
+        return self.tokenizer.decode([token], skip_special_tokens=False).endswith("\n\n")
+
     def _unmarked(self, text: str) -> str:
         return text.replace(self.step_token, "")
 
     @torch.no_grad()
-    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+    def score(
+        self,
+        questions: Sequence[str],
+        steps: Sequence[Sequence[str]],
+        *,
+        prompts: Sequence[str] | None = None,
+        step_token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+    ) -> list[list[float]]:
+        if self.layout == "pure":
+            if prompts is None or step_token_ids is None:
+                raise PRMError(
+                    "the 'pure' layout reads the policy's prompt and step token ids (the env passes them); to score "
+                    "text alone use layout 'pure_text'"
+                )
+            encoded = [self._encode_reference(p, ids) for p, ids in zip(prompts, step_token_ids)]
+        else:
+            encoded = [self._encode(q, s) for q, s in zip(questions, steps)]
         out: list[list[float]] = []
-        for start in range(0, len(questions), self.batch_size):
-            batch = [
-                self._encode(q, s)
-                for q, s in zip(questions[start : start + self.batch_size], steps[start : start + self.batch_size])
-            ]
+        for start in range(0, len(encoded), self.batch_size):
+            batch = encoded[start : start + self.batch_size]
             kept = []
             for ids, pos in batch:
                 cut = max(0, len(ids) - self.max_length)

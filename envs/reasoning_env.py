@@ -138,6 +138,7 @@ class ReasoningStepEnv(EnvBase):
         self.problems: list[Problem | None] = [None] * b
         self.steps: list[list[str]] = [[] for _ in range(b)]
         self.token_ids: list[list[int]] = [[] for _ in range(b)]
+        self.step_ids: list[list[list[int]]] = [[] for _ in range(b)]  # per step, for PRMs that read tokens
         self.group_ids = torch.zeros(b, dtype=torch.int64)
         self.step_count = torch.zeros(b, dtype=torch.int64)
         self.num_tokens = torch.zeros(b, dtype=torch.int64)
@@ -224,6 +225,7 @@ class ReasoningStepEnv(EnvBase):
                 self.problems[i] = problem
                 self.steps[i] = []
                 self.token_ids[i] = []
+                self.step_ids[i] = []
             self.group_ids[g * self.group_size : (g + 1) * self.group_size] = first_position
             first_position += 1
         self.step_count[mask] = 0
@@ -259,6 +261,7 @@ class ReasoningStepEnv(EnvBase):
             self.steps[i].append(texts[i])
             if step_ids is not None:
                 self.token_ids[i].extend(step_ids[i])
+                self.step_ids[i].append(list(step_ids[i]))
         self.step_count[active] += 1
         self.num_tokens[active] += n_tokens[active]
         if self.end_at_answer:
@@ -270,7 +273,13 @@ class ReasoningStepEnv(EnvBase):
         t0 = time.perf_counter()
         prm_reward = torch.zeros(b)
         if self.prm is not None and idx:
-            scores = self.prm([self.problems[i].question for i in idx], [self.steps[i] for i in idx])
+            context = {}
+            if self.prm.wants_token_ids:
+                context = dict(
+                    prompts=[self.format_prompt(self.problems[i]) for i in idx],
+                    step_token_ids=[self.step_ids[i] for i in idx],
+                )
+            scores = self.prm([self.problems[i].question for i in idx], [self.steps[i] for i in idx], **context)
             prm_reward[idx] = torch.tensor([s[-1] for s in scores], dtype=torch.float32)
         verifier_reward = torch.zeros(b)
         has_ref = torch.zeros(b, dtype=torch.bool)

@@ -86,7 +86,7 @@ QUESTION = "Tom has 3 apples and gets 4 more. How many?"
 STEPS = ["Tom starts with 3.\n\n", "3 + 4 = 7.\n\n", "The answer is \\boxed{7}."]
 
 
-@pytest.mark.parametrize("layout", ["pure", "qwen"])
+@pytest.mark.parametrize("layout", ["pure_text", "qwen"])
 def test_hf_prm_scores_shape_range_and_manual_equality(tiny_prm_model, tiny_tokenizer, layout):
     prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout=layout)
     scores = prm([QUESTION, "Other?"], [STEPS, STEPS[:1]])
@@ -100,7 +100,7 @@ def test_hf_prm_scores_shape_range_and_manual_equality(tiny_prm_model, tiny_toke
     assert scores[0] == pytest.approx(manual, abs=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["pure", "qwen"])
+@pytest.mark.parametrize("layout", ["pure_text", "qwen"])
 def test_hf_prm_reads_exactly_each_steps_position(tiny_prm_model, tiny_tokenizer, layout):
     """Flip the label logits at one step's marker token: only that step's score moves (it changes sign)."""
     prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout=layout)
@@ -125,7 +125,7 @@ def test_hf_prm_reads_exactly_each_steps_position(tiny_prm_model, tiny_tokenizer
 
 
 def test_hf_prm_batching_padding_and_causality(tiny_prm_model, tiny_tokenizer):
-    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, batch_size=2)
+    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, batch_size=2, layout="pure_text")
     alone = prm([QUESTION], [STEPS])[0]
     batched = prm(["A much longer question about many things? " * 3, QUESTION, "q"], [STEPS[:1], STEPS, STEPS])
     assert batched[1] == pytest.approx(alone, abs=1e-5)  # right padding does not move scores
@@ -136,7 +136,7 @@ def test_hf_prm_batching_padding_and_causality(tiny_prm_model, tiny_tokenizer):
 def test_hf_prm_from_folder_positive_mode_and_truncation(tiny_prm_model, tiny_tokenizer, tmp_path):
     tiny_prm_model.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
-    prm = HFTokenClassificationPRM(tmp_path, layout="pure", score_mode="positive", max_length=12)
+    prm = HFTokenClassificationPRM(tmp_path, layout="pure_text", score_mode="positive", max_length=12)
     scores = prm([QUESTION], [STEPS])[0]
     assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
 
@@ -249,3 +249,44 @@ def test_qwen_math_prm_two_layer_head_loads_its_trained_weights(tiny_prm_model, 
         probs = torch.softmax(head(hidden), -1)
     manual = [(probs[p, 1] - probs[p, 0]).item() for p in positions]
     assert prm([QUESTION], [STEPS])[0] == pytest.approx(manual, abs=1e-5)
+
+
+def test_pure_layout_is_the_reference_input_from_the_policy_s_token_ids(tiny_prm_model, tiny_tokenizer):
+    """PURE-PRM-7B's input as the reference builds it: prompt ids, each step's ids without its boundary token
+    (one ending in "\\n\\n", or EOS), then "\\n"; scores read there. Text alone is refused, not approximated."""
+    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout="pure")
+    enc = lambda text: tiny_tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    prompt = "Tom has 3 apples and gets 4 more. How many?\n\n"
+    steps = [enc(s) for s in STEPS]
+    steps[-1] = [*steps[-1], tiny_tokenizer.eos_token_id]
+    newline = enc("\n")[0]
+    ids, positions = prm._encode_reference(prompt, steps)
+    expected = enc(prompt)
+    for s in steps:
+        boundary = s[-1] == tiny_tokenizer.eos_token_id or tiny_tokenizer.decode([s[-1]]).endswith("\n\n")
+        assert boundary, "each test step ends at a boundary token"
+        expected += [*s[:-1], newline]
+    assert ids == expected and [ids[p] for p in positions] == [newline] * 3
+    with torch.no_grad():
+        probs = torch.softmax(tiny_prm_model(input_ids=torch.tensor([ids])).logits[0], -1)
+    manual = [(probs[p, 1] - probs[p, 0]).item() for p in positions]
+    scores = prm([QUESTION], [STEPS], prompts=[prompt], step_token_ids=[steps])[0]
+    assert scores == pytest.approx(manual, abs=1e-5)
+    with pytest.raises(PRMError, match="'pure' layout reads the policy's prompt and step token ids"):
+        prm([QUESTION], [STEPS])
+
+
+def test_the_env_gives_a_token_reading_prm_the_sampled_ids(tiny_prm_model, tiny_tokenizer):
+    from envs.reasoning_env import ReasoningStepEnv
+    from envs.tasks import ArithmeticTask
+    from pure_rl.rollout import rollout_responses
+
+    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout="pure")
+    env = ReasoningStepEnv(ArithmeticTask(1), prm, batch_size=1, reward_mode="prm", prompt_template="{question}\n\n")
+    response = [*tiny_tokenizer.encode("".join(STEPS), add_special_tokens=False), tiny_tokenizer.eos_token_id]
+    traj = rollout_responses(env, [response], tiny_tokenizer, [tiny_tokenizer.eos_token_id])
+    question = traj.get("question").tolist()[0][0]
+    ids = [t.tolist() for t in traj.get("step_token_ids").tolist()[0] if len(t)]
+    expected = prm([question], [[""] * len(ids)], prompts=[question + "\n\n"], step_token_ids=[ids])[0]
+    got = traj.get(("next", "prm_reward")).reshape(-1)[: len(ids)].tolist()
+    assert got == pytest.approx(expected, abs=1e-6)
