@@ -65,8 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # flags may follow the overrides
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, dict]:
-    """The run config, its folder, and (on ``--resume``) the config changes the resume makes."""
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """The run config and its folder (on ``--resume``, checked against what the folder holds)."""
     if args.resume:
         given = [flag for flag, value in (("--config", args.config), ("--run-dir", args.run_dir)) if value]
         if given:
@@ -75,13 +75,13 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path, dict]:
                 "ignored: drop them (change keys with dotted overrides and --allow-changes)"
             )
         run_dir = Path(args.resume)
-        cfg, changes = resume_config(run_dir, args.overrides, args.allow_changes)
-        return cfg, run_dir, changes
+        cfg, _ = resume_config(run_dir, args.overrides, args.allow_changes)
+        return cfg, run_dir
     if args.allow_changes:
         raise ConfigError("--allow-changes applies to --resume only")
     cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     run_dir = Path(args.run_dir or cfg.log.run_dir.format(name=cfg.log.name))
-    return cfg, run_dir, {}
+    return cfg, run_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n".join(describe()))
         return {}
     try:
-        cfg, run_dir, changes = resolve_config(args)
+        cfg, run_dir = resolve_config(args)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     if args.print_config:
