@@ -137,8 +137,7 @@ class ReasoningStepEnv(EnvBase):
         b = batch_size
         self.problems: list[Problem | None] = [None] * b
         self.steps: list[list[str]] = [[] for _ in range(b)]
-        self.token_ids: list[list[int]] = [[] for _ in range(b)]
-        self.step_ids: list[list[list[int]]] = [[] for _ in range(b)]  # per step, for PRMs that read tokens
+        self.step_ids: list[list[list[int]]] = [[] for _ in range(b)]  # each step's sampled token ids
         self.group_ids = torch.zeros(b, dtype=torch.int64)
         self.step_count = torch.zeros(b, dtype=torch.int64)
         self.num_tokens = torch.zeros(b, dtype=torch.int64)
@@ -190,7 +189,9 @@ class ReasoningStepEnv(EnvBase):
                 "question": text_stack([p.question if p else "" for p in problems], dev),
                 "prompt": text_stack([self.format_prompt(p) if p else "" for p in problems], dev),
                 "response": text_stack(["".join(s) for s in self.steps], dev),
-                "response_token_ids": token_ids_stack(self.token_ids, dev),
+                "response_token_ids": token_ids_stack(
+                    [[t for ids in steps for t in ids] for steps in self.step_ids], dev
+                ),
                 "reference": text_stack([(p.answer or "") if p else "" for p in problems], dev),
                 "has_reference": has_ref.view(b, 1),
                 "step_count": self.step_count.clone(),
@@ -224,7 +225,6 @@ class ReasoningStepEnv(EnvBase):
             for i in range(g * self.group_size, (g + 1) * self.group_size):
                 self.problems[i] = problem
                 self.steps[i] = []
-                self.token_ids[i] = []
                 self.step_ids[i] = []
             self.group_ids[g * self.group_size : (g + 1) * self.group_size] = first_position
             first_position += 1
@@ -260,7 +260,6 @@ class ReasoningStepEnv(EnvBase):
         for i in idx:
             self.steps[i].append(texts[i])
             if step_ids is not None:
-                self.token_ids[i].extend(step_ids[i])
                 self.step_ids[i].append(list(step_ids[i]))
         self.step_count[active] += 1
         self.num_tokens[active] += n_tokens[active]

@@ -16,7 +16,6 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -113,18 +112,15 @@ def save_checkpoint(
     }
     tmp = path.with_suffix(".pt.tmp")
     try:
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        data = buffer.getvalue()
         with open(tmp, "wb") as f:
-            f.write(data)
+            torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         meta = {
             "format": FORMAT,
             "iteration": iteration,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
+            "sha256": _sha256(tmp),
+            "bytes": tmp.stat().st_size,
             "config": config or {},
         }
         meta_tmp = _meta_path(tmp)
@@ -145,6 +141,15 @@ def save_checkpoint(
     return path
 
 
+def _sha256(path: Path) -> str:
+    """The file's digest, read in chunks (a checkpoint of a large model is never held in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _verified(path: Path) -> str | None:
     """None if ``path`` matches its ``.json`` digest, else what is wrong."""
     meta_path = _meta_path(path)
@@ -157,7 +162,7 @@ def _verified(path: Path) -> str | None:
         expected = meta["sha256"]
     except (ValueError, KeyError, TypeError):
         return f"{meta_path} is not a checkpoint record"
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = _sha256(path)
     if digest != expected:
         return f"{path} is damaged: its SHA-256 {digest[:12]}... does not match {expected[:12]}... in {meta_path.name}"
     return None
@@ -165,7 +170,7 @@ def _verified(path: Path) -> str | None:
 
 def _read(path: Path) -> dict:
     try:
-        ckpt = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+        ckpt = torch.load(path, weights_only=True)
     except Exception as e:  # the unpickler's refusal of code, a malformed archive, ...
         raise CheckpointError(f"{path} cannot be loaded as tensors and plain data ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not all(k in ckpt for k in _KEYS):

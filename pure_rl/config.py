@@ -374,14 +374,14 @@ def precision_warnings(cfg: RunConfig) -> list[str]:
 def _cross_checks(cfg: RunConfig) -> None:
     """Checks that involve more than one key, or what the selected things require."""
     for kind, section in registry.SECTIONS.items():
-        selected = getattr(getattr(cfg, section), kind if kind != "logger" else "loggers")
+        key = "loggers" if kind == "logger" else kind  # the key that selects things of this kind
+        selected = getattr(getattr(cfg, section), key)
         for name in selected if isinstance(selected, list) else [selected]:
             entry = registry.entry(kind, name)
             package = entry.meta.get("package")
             if package and importlib.util.find_spec(package) is None:
                 raise ConfigError(
-                    f"{section}.{kind if kind != 'logger' else 'loggers'} selects {name!r}, which needs the "
-                    f"{package!r} package: pip install {package}"
+                    f"{section}.{key} selects {name!r}, which needs the {package!r} package: pip install {package}"
                 )
             for key in entry.requires:
                 if getattr(getattr(cfg, section), key) is None:

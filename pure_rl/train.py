@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
         return {}
-    for warning in precision_warnings(cfg):
-        print(f"warning: {warning}")
     if args.dry_run:
+        for warning in precision_warnings(cfg):  # a real run prints them as it starts
+            print(f"warning: {warning}")
         print(
             f"config OK: {cfg.policy.model} ({cfg.policy.backend}), {cfg.algo.estimator}, "
             f"{cfg.env.reward_mode}, {cfg.train.iterations} iterations -> {run_dir}"
