@@ -208,6 +208,18 @@ class LoraConfig:
     )
 
 
+KL_TO_GO = ("step", "token")
+WHITEN_MODES = ("steps", "reference")
+# What algo.reference_exact sets: the reference code's value of each switch.
+REFERENCE_EXACT = {
+    "mask_separator_tokens": True,
+    "charge_boundary_tokens": False,
+    "kl_to_go": "token",
+    "whiten_mode": "reference",
+    "eos_on_truncation": True,
+}
+
+
 @dataclass
 class AlgoConfig:
     """Credit assignment and the PPO objective (docs/spec.md sections 3, 5, 6).
@@ -229,6 +241,35 @@ class AlgoConfig:
         0.5, "weight of the value loss for estimators with a learned critic", check=non_negative, allowed=">= 0"
     )
     mask_separator_tokens: bool = opt(True, "give separator and EOS tokens zero advantage (reference default)")
+    # The reference code's choices where pure-rl differs (../shared/REFERENCE.md, differences 1-4), each a switch.
+    charge_boundary_tokens: bool = opt(
+        True,
+        "rloo_token baseline: a step of n tokens pays b_i * n, its boundary token (separator or EOS) included, so "
+        "a response's charges sum to b_i L_i; false: b_i * (n - 1), the reference code's count",
+    )
+    kl_to_go: str = opt(
+        "step",
+        "k1 KL in the return: 'step' (every token of a step carries the KL of its whole step onward) or 'token' "
+        "(token t carries the KL of tokens t..end, the reference code)",
+        choices=KL_TO_GO,
+    )
+    whiten_mode: str = opt(
+        "steps",
+        "'steps': whiten step advantages over valid steps, each weighted by its tokens; 'reference': whiten token "
+        "advantages as the reference code does (tokens whose advantage is exactly 0, the masked boundary tokens, "
+        "are left out of the mean and stay 0; the variance divides the sum over all tokens by the non-zero count)",
+        choices=WHITEN_MODES,
+    )
+    eos_on_truncation: bool = opt(
+        False,
+        "a response cut at the token or step limit has its last token replaced by EOS, which then is a boundary "
+        "token (the reference code); false: the token stays as sampled and is trained on",
+    )
+    reference_exact: bool = opt(
+        False,
+        "the reference code's credit exactly: sets mask_separator_tokens=true, charge_boundary_tokens=false, "
+        "kl_to_go=token, whiten_mode=reference, eos_on_truncation=true (a different explicit value is an error)",
+    )
 
 
 @dataclass
@@ -297,6 +338,13 @@ class LogConfig:
     )
     sample_every: int = opt(
         5, "iterations between printed sample responses (0: never)", check=non_negative, allowed=">= 0"
+    )
+    probe_every: int = opt(
+        0,
+        "iterations between boundary-token probes: P(EOS) and P(separator) at the batch's response positions, one "
+        "extra forward pass (0: never)",
+        check=non_negative,
+        allowed=">= 0",
     )
 
 
@@ -542,8 +590,23 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     except registry.RegistryError as e:
         raise ConfigError(str(e)) from e
     cfg = _build(RunConfig, data, "")
+    _apply_reference_exact(cfg, data.get("algo") or {})
     _cross_checks(cfg)
     return cfg
+
+
+def _apply_reference_exact(cfg: RunConfig, algo_keys: dict) -> None:
+    """``algo.reference_exact`` sets every switch of :data:`REFERENCE_EXACT`; one the config sets otherwise is an
+    error, never silently overridden."""
+    if not cfg.algo.reference_exact:
+        return
+    for key, value in REFERENCE_EXACT.items():
+        if key in algo_keys and getattr(cfg.algo, key) != value:
+            raise ConfigError(
+                f"algo.reference_exact=true sets algo.{key}={value!r}, but the config sets {getattr(cfg.algo, key)!r}: "
+                f"drop algo.{key}, or set algo.reference_exact=false and choose each switch"
+            )
+        setattr(cfg.algo, key, value)
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:

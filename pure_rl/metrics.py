@@ -13,7 +13,7 @@ from envs.verifier import last_boxed
 from pure_rl.objectives.credit import last_step_index, min_form_returns
 from pure_rl.token_batch import valid_step_mask
 
-__all__ = ["METRIC_NAMES", "rollout_metrics"]
+__all__ = ["METRIC_NAMES", "boundary_probabilities", "rollout_metrics", "separator_token_ids", "token_metrics"]
 
 METRIC_NAMES = (
     "prm_reward_mean",
@@ -85,3 +85,76 @@ def rollout_metrics(traj: TensorDictBase) -> dict[str, float]:
         out["advantage_std"] = adv[mask].std().item() if mask.sum() > 1 else 0.0
         out["value_target_mean"] = traj.get("value_target").reshape(traj.shape)[:, 0].mean().item()
     return out
+
+
+def token_metrics(traj: TensorDictBase, tokens: TensorDictBase) -> dict[str, float]:
+    """Where the advantage goes, token by token (after credit assignment), and how much signal the batch has.
+
+    ``advantage_token_mean`` is the mean advantage over the tokens that carry one, as the loss weighs them (each
+    sequence's mean, then the batch's): when it is negative, the update lowers the sampled tokens' probabilities
+    on average, which raises every unsampled token's, the masked boundary tokens included.
+    ``advantage_boundary_mean`` is the step advantage at the boundary tokens (separator-ending and EOS), the
+    share of response tokens they are in ``boundary_token_share``, and ``mixed_group_share`` the share of groups
+    whose answers are neither all right nor all wrong (the only groups a verifiable reward moves).
+    """
+    response = tokens["response_mask"]
+    carries = tokens["advantage_mask"]
+    boundary = tokens["boundary_mask"]
+    adv = tokens["advantage"].float()
+    per_seq = (adv * carries).sum(-1) / carries.sum(-1).clamp(min=1)
+    step_adv = traj.get("advantage").reshape(traj.shape).float()
+    at_boundary = step_adv.gather(-1, tokens["step_index"].clamp(min=0))[boundary]
+    out = {
+        "advantage_token_mean": per_seq[carries.any(-1)].mean().item() if carries.any() else 0.0,
+        "advantage_boundary_mean": at_boundary.mean().item() if at_boundary.numel() else 0.0,
+        "boundary_token_share": boundary.sum().item() / max(1, response.sum().item()),
+    }
+    mask = valid_step_mask(traj)
+    nxt = traj.get("next")
+    correct = _last(nxt.get("verifier_reward").reshape(traj.shape).float(), mask)
+    has_ref = _last(nxt.get("has_reference").reshape(traj.shape).float(), mask) > 0.5
+    outcomes: dict[int, set] = {}
+    for g, c, h in zip(traj.get("group_id")[:, 0].tolist(), correct.tolist(), has_ref.tolist()):
+        if h:
+            outcomes.setdefault(g, set()).add(c > 0.5)
+    if outcomes:
+        out["mixed_group_share"] = sum(len(o) == 2 for o in outcomes.values()) / len(outcomes)
+    return out
+
+
+@torch.no_grad()
+def boundary_probabilities(
+    model: torch.nn.Module, tokens: TensorDictBase, eos_ids: list[int], separator_ids: list[int], micro_batch: int = 8
+) -> dict[str, float]:
+    """The policy's probability of ending (EOS) and of ending a step (a separator-ending token) at the response
+    positions of a token batch, one extra forward pass: ``p_eos_first`` at the first response token (an empty
+    response), ``p_eos_mean`` and ``p_separator_mean`` over all response positions. A policy drifting towards
+    empty responses or empty steps shows it here before its samples do."""
+    eos = torch.tensor(eos_ids, dtype=torch.long)
+    sep = torch.tensor(separator_ids, dtype=torch.long)
+    totals = {"p_eos_first": 0.0, "p_eos_mean": 0.0, "p_separator_mean": 0.0}
+    rows, positions = tokens.shape[0], 0.0
+    for start in range(0, rows, micro_batch):
+        mb = tokens[start : start + micro_batch]
+        logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits[:, :-1].float()
+        probs = torch.softmax(logits, dim=-1)  # position t predicts token t + 1
+        predicts_response = mb["response_mask"][:, 1:]
+        p_eos = probs[..., eos].sum(-1)
+        p_sep = probs[..., sep].sum(-1) if sep.numel() else torch.zeros_like(p_eos)
+        first = (mb["prompt_length"] - 1).clamp(min=0)[:, None]
+        totals["p_eos_first"] += p_eos.gather(-1, first).sum().item()
+        totals["p_eos_mean"] += p_eos[predicts_response].sum().item()
+        totals["p_separator_mean"] += p_sep[predicts_response].sum().item()
+        positions += predicts_response.sum().item()
+    return {
+        "p_eos_first": totals["p_eos_first"] / max(1, rows),
+        "p_eos_mean": totals["p_eos_mean"] / max(1, positions),
+        "p_separator_mean": totals["p_separator_mean"] / max(1, positions),
+    }
+
+
+def separator_token_ids(tokenizer, separator: str) -> list[int]:
+    """Every vocabulary token whose text ends with ``separator`` (the reference code's separator set)."""
+    ids = range(len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+    return [i for i, t in zip(ids, texts) if t.endswith(separator)]

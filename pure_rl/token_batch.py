@@ -30,6 +30,7 @@ def build_token_batch(
     separator_check: Callable[[list[int]], bool],
     mask_separator_tokens: bool = True,
     pad_id: int = 0,
+    eos_on_truncation: bool = False,
 ) -> TensorDict:
     """Padded token tensors ``[B, T]`` for a trajectory batch ``[B, K]``.
 
@@ -40,10 +41,13 @@ def build_token_batch(
         separator_check: whether a step's token ids ended at the separator.
         mask_separator_tokens: zero-advantage the separator-ending token and EOS.
         pad_id: right-padding id.
+        eos_on_truncation: a truncated episode's last response token becomes ``eos_token_ids[0]`` (a boundary
+            token, as the reference code does); the steps' token counts stay as sampled.
 
     Returns:
         ``input_ids``, ``attention_mask``, ``response_mask`` (response tokens), ``advantage_mask`` (response
-        tokens that carry an advantage), ``step_index`` (the step of each response token, -1 elsewhere),
+        tokens that carry an advantage), ``boundary_mask`` (the token that ends a step at the separator, and
+        EOS), ``step_index`` (the step of each response token, -1 elsewhere),
         ``prompt_length`` ``[B]``.
     """
     b, k = traj.shape
@@ -51,11 +55,13 @@ def build_token_batch(
     prompts = traj.get("prompt").tolist()
     step_ids = token_id_lists(traj.get("step_token_ids"))
     eos = set(eos_token_ids)
+    truncated = traj.get(("next", "truncated")).reshape(b, k)
+    truncated = truncated.gather(-1, (valid.sum(-1, keepdim=True) - 1).clamp(min=0)).squeeze(-1)
     rows = []
     for i in range(b):
         ids = list(prompt_ids(prompts[i][0]))
         p_len = len(ids)
-        step_of, carries = [-1] * p_len, [False] * p_len
+        step_of, carries, boundary = [-1] * p_len, [False] * p_len, [False] * p_len
         for s in range(k):
             if not valid[i, s]:
                 break
@@ -64,22 +70,29 @@ def build_token_batch(
             for j, t in enumerate(toks):
                 ids.append(t)
                 step_of.append(s)
-                is_last = j == len(toks) - 1
-                carries.append(not (mask_separator_tokens and is_last and ends_at_boundary))
-        rows.append((ids, p_len, step_of, carries))
+                ends_here = ends_at_boundary and j == len(toks) - 1
+                boundary.append(ends_here)
+                carries.append(not (mask_separator_tokens and ends_here))
+        if eos_on_truncation and truncated[i] and len(ids) > p_len:
+            ids[-1] = eos_token_ids[0]
+            boundary[-1] = True
+            carries[-1] = not mask_separator_tokens
+        rows.append((ids, p_len, step_of, carries, boundary))
     width = max(len(r[0]) for r in rows)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
     attention = torch.zeros((b, width), dtype=torch.long)
     response = torch.zeros((b, width), dtype=torch.bool)
     carries_t = torch.zeros((b, width), dtype=torch.bool)
+    boundary_t = torch.zeros((b, width), dtype=torch.bool)
     step_index = torch.full((b, width), -1, dtype=torch.long)
     prompt_length = torch.zeros(b, dtype=torch.long)
-    for i, (ids, p_len, step_of, carries) in enumerate(rows):
+    for i, (ids, p_len, step_of, carries, boundary) in enumerate(rows):
         n = len(ids)
         input_ids[i, :n] = torch.tensor(ids)
         attention[i, :n] = 1
         response[i, p_len:n] = True
         carries_t[i, :n] = torch.tensor(carries)
+        boundary_t[i, :n] = torch.tensor(boundary)
         step_index[i, :n] = torch.tensor(step_of)
         prompt_length[i] = p_len
     return TensorDict(
@@ -88,6 +101,7 @@ def build_token_batch(
             "attention_mask": attention,
             "response_mask": response,
             "advantage_mask": carries_t & response,
+            "boundary_mask": boundary_t & response,
             "step_index": step_index,
             "prompt_length": prompt_length,
         },

@@ -177,11 +177,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     from agents import make_policy, make_reference_model
     from agents.lora import AdaptersDisabled, adapter_state, apply_lora, load_adapter_state
     from envs import make_env
-    from pure_rl import registry
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from pure_rl.evaluate import evaluate
     from pure_rl.loggers import make_loggers
-    from pure_rl.metrics import rollout_metrics
+    from pure_rl.metrics import boundary_probabilities, rollout_metrics, separator_token_ids, token_metrics
     from pure_rl.objectives.loss import StepTokenPPOLoss
     from pure_rl.plots import plot_run, read_metrics, truncate_metrics
     from pure_rl.rollout import make_collector
@@ -190,6 +189,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         compute_dtype,
         grad_scaler,
         lr_scheduler,
+        make_estimator,
         policy_token_batch,
         ppo_update,
         restore_lr_scheduler,
@@ -237,19 +237,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         critic_coef=cfg.algo.critic_coef,
         log_prob_fn=functools.partial(log_probs_with_entropy, shared_prompt_pass=cfg.train.shared_prompt_pass),
     )
-    uses_vr = cfg.env.reward_mode in ("prm+vr", "vr")
-    estimator_entry = registry.entry("estimator", cfg.algo.estimator)
-    loss_module.make_value_estimator(
-        cfg.algo.estimator,
-        gamma=cfg.algo.gamma,
-        baseline=cfg.algo.baseline,
-        whiten=cfg.algo.whiten,
-        vr_coef=cfg.env.vr_coef if uses_vr else 0.0,
-        **estimator_entry.option_values(cfg),  # the estimator's own keys, e.g. min-form's temperature
-    )
-    estimator = loss_module.value_estimator
-    # Credit assignment reads the PRM score; the verifier term is added by the estimator (docs/spec.md section 4).
-    estimator.set_keys(reward="prm_reward")
+    estimator = make_estimator(loss_module, cfg)
     optimizer = torch.optim.AdamW(
         trainable_parameters(loss_module), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
@@ -326,6 +314,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         f"({cfg.train.prompts_per_iter} prompts x {cfg.train.samples_per_prompt}) -> {run_dir}"
     )
     history: list[dict] = []
+    separators: list[int] = []  # the probe's separator tokens, found once
     progress = tqdm(
         range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations, desc="train", dynamic_ncols=True
     )
@@ -355,6 +344,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
 
         # 5. Metrics, samples, evaluation, checkpoint.
         metrics = rollout_metrics(traj)
+        metrics.update(token_metrics(traj, tokens))
+        if cfg.log.probe_every and step % cfg.log.probe_every == 0:
+            separators = separators or separator_token_ids(tokenizer, cfg.env.step_separator)
+            metrics.update(boundary_probabilities(model, tokens, policy.eos_token_ids, separators))
         generated = tokens["response_mask"].sum().item()
         metrics.update(stats)
         metrics.update(

@@ -22,6 +22,8 @@ from tensordict import TensorDict, TensorDictBase
 
 from agents.log_probs import batch_log_probs
 from envs.steps import ends_step
+from pure_rl import registry
+from pure_rl.objectives.credit import whiten_nonzero
 from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "compute_dtype",
     "grad_scaler",
     "lr_scheduler",
+    "make_estimator",
     "optimizer_steps_per_batch",
     "policy_token_batch",
     "ppo_update",
@@ -96,6 +99,26 @@ def restore_lr_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: di
         group["lr"] = base * factor(scheduler.last_epoch)
 
 
+def make_estimator(loss_module, cfg):
+    """The value estimator ``algo.estimator`` names, built on ``loss_module`` with the config's credit keys (and
+    the estimator's own, e.g. min-form's ``temperature``); it reads the PRM score as the process reward."""
+    uses_vr = cfg.env.reward_mode in ("prm+vr", "vr")
+    loss_module.make_value_estimator(
+        cfg.algo.estimator,
+        gamma=cfg.algo.gamma,
+        baseline=cfg.algo.baseline,
+        # Reference-style whitening runs on the token advantages instead (add_credit).
+        whiten=cfg.algo.whiten and cfg.algo.whiten_mode == "steps",
+        charge_boundary_tokens=cfg.algo.charge_boundary_tokens,
+        vr_coef=cfg.env.vr_coef if uses_vr else 0.0,
+        **registry.entry("estimator", cfg.algo.estimator).option_values(cfg),
+    )
+    estimator = loss_module.value_estimator
+    # Credit assignment reads the PRM score; the verifier term is added by the estimator (docs/spec.md section 4).
+    estimator.set_keys(reward="prm_reward")
+    return estimator
+
+
 def policy_token_batch(traj: TensorDictBase, policy, cfg) -> TensorDict:
     """Token tensors ``[B, T]`` of a step batch as the policy wrote it: its prompt encoding, its EOS ids, the
     env's step rule, and ``algo.mask_separator_tokens`` (see :func:`pure_rl.token_batch.build_token_batch`)."""
@@ -107,6 +130,7 @@ def policy_token_batch(traj: TensorDictBase, policy, cfg) -> TensorDict:
         separator_check=lambda ids: ends_step(ids, tokenizer, cfg.env.step_separator),
         mask_separator_tokens=cfg.algo.mask_separator_tokens,
         pad_id=tokenizer.pad_token_id or 0,
+        eos_on_truncation=cfg.algo.eos_on_truncation,
     )
 
 
@@ -119,9 +143,14 @@ def add_credit(
     cfg,
     tokenizer=None,
 ) -> None:
-    """Old-policy and reference log-probs (when the KL or several epochs need them), the k1 KL penalty as the
-    steps' ``extra_reward``, then ``estimator(traj)`` (``advantage``, ``value_target`` ``[B, K, 1]``) and the
-    tokens' ``advantage`` ``[B, T]``. Writes into ``traj`` and ``tokens``."""
+    """Old-policy and reference log-probs (when the KL or several epochs need them), the k1 KL penalty, then
+    ``estimator(traj)`` (``advantage``, ``value_target`` ``[B, K, 1]``) and the tokens' ``advantage`` ``[B, T]``.
+    Writes into ``traj`` and ``tokens``.
+
+    With ``algo.kl_to_go=step`` the KL is each step's ``extra_reward`` (the estimator puts it in the return);
+    with ``token`` each advantage-carrying token gets ``-kl_coef`` times the KL of the tokens from it to the end
+    (the step value targets then leave the KL out). ``algo.whiten_mode=reference`` whitens the token advantages
+    here (:func:`pure_rl.objectives.credit.whiten_nonzero`) instead of the steps' in the estimator."""
     passes = dict(
         micro_batch_size=cfg.train.micro_batch_size,
         shared_prompt_pass=cfg.train.shared_prompt_pass,
@@ -138,11 +167,19 @@ def add_credit(
         with autocast(cfg):
             ref = batch_log_probs(reference, tokens, **passes)
         tokens["ref_log_prob"] = ref
-        if cfg.algo.kl_estimator == "k1":
-            kl_steps = step_sums((old - ref) * tokens["response_mask"], tokens, traj.shape[1])
-            traj["extra_reward"] = -cfg.algo.kl_coef * kl_steps
+    kl_tokens = None
+    if reference is not None and cfg.algo.kl_estimator == "k1":
+        kl_tokens = (old - ref) * tokens["response_mask"]
+        if cfg.algo.kl_to_go == "step":
+            traj["extra_reward"] = -cfg.algo.kl_coef * step_sums(kl_tokens, tokens, traj.shape[1])
     estimator(traj)
-    tokens["advantage"] = token_advantages(traj["advantage"].reshape(traj.shape), tokens)
+    advantage = token_advantages(traj["advantage"].reshape(traj.shape), tokens)
+    if kl_tokens is not None and cfg.algo.kl_to_go == "token":
+        kl_to_go = kl_tokens.flip(-1).cumsum(-1).flip(-1)
+        advantage = advantage - cfg.algo.kl_coef * kl_to_go * tokens["advantage_mask"]
+    if cfg.algo.whiten and cfg.algo.whiten_mode == "reference":
+        advantage = whiten_nonzero(advantage, tokens["response_mask"])
+    tokens["advantage"] = advantage
 
 
 def accumulate_gradients(

@@ -42,6 +42,7 @@ __all__ = [
     "valid_steps_from_done",
     "verifier_term",
     "whiten",
+    "whiten_nonzero",
 ]
 
 FORMS = ("min_form", "sum_form")
@@ -288,6 +289,34 @@ def whiten(values: Tensor, mask: Tensor, weights: Tensor | None = None, eps: flo
     return (values - mean) / (var.sqrt() + eps) * mask
 
 
+def whiten_nonzero(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """The reference code's whitening of token advantages, quirks included (../shared/REFERENCE.md, difference 3).
+
+    Entries that are exactly 0 (boundary tokens with zero advantage) are left out of the count and stay 0; the
+    mean is the sum over the mask divided by the non-zero count, and so is the variance's sum of squared
+    deviations, although that sum runs over every masked entry (the zeros add ``mean**2`` each: the standard
+    deviation comes out slightly high). Then ``(x - mean) / sqrt(max(var, eps))``.
+
+    Args:
+        values: ``[..., T]`` advantages (any trailing layout: tokens or steps).
+        mask: ``[..., T]`` bool; entries off it neither count nor survive (0).
+        eps: floor of the variance.
+
+    Returns:
+        ``[..., T]`` whitened values, 0 off the mask and where the input is 0; zeros if nothing is non-zero.
+    """
+    mask = _check_mask(values, mask)
+    zero = values == 0
+    count = (mask & ~zero).sum()
+    if count == 0:
+        return torch.zeros_like(values)
+    x = values * mask
+    mean = x.sum() / count
+    var = (((values - mean) ** 2) * mask).sum() / count
+    out = (values - mean) * var.clamp(min=eps).rsqrt()
+    return torch.where(mask & ~zero, out, torch.zeros_like(out))
+
+
 @dataclass(frozen=True)
 class CreditBatch:
     """What a baseline sees: one step batch after the credit form, all ``[N, K]`` unless noted, 0 on padding.
@@ -304,6 +333,8 @@ class CreditBatch:
         has_reference: ``[N]`` bool prompts with a reference answer, or None (all have one).
         vr_coef: ``c_vr`` (0: no VR term).
         gamma: the discount.
+        boundary_tokens_charged: whether a step's token count, where a baseline charges per token, includes its
+            boundary token (``n``; False: ``n - 1``, the reference code's count).
     """
 
     step_rewards: Tensor
@@ -316,6 +347,7 @@ class CreditBatch:
     has_reference: Tensor | None
     vr_coef: float
     gamma: float
+    boundary_tokens_charged: bool = True
 
     def loo_verifier_term(self) -> Tensor:
         """``[N]``: the VR term with its own leave-one-out baseline, ``c_vr (v_i - mean_{j != i} v_j)`` (0 without
@@ -329,12 +361,17 @@ class CreditBatch:
 @register("baseline", "rloo_token", needs_group=True, needs_step_tokens=True)
 def rloo_token_advantages(batch: CreditBatch) -> Tensor:
     """The reference code's default: step rewards minus ``b_i * ntok_ik`` (RLOO token baseline on ``R_i = G_i1``),
-    plus the VR term with its own leave-one-out baseline at the last step, then the return-to-go."""
+    plus the VR term with its own leave-one-out baseline at the last step, then the return-to-go.
+
+    ``L_i`` counts every response token; the charge counts a step's boundary token too unless
+    ``batch.boundary_tokens_charged`` is False (the reference: ``n - 1``, which leaves a bonus of ``b_i`` per step).
+    """
     if batch.step_tokens is None:
         raise ValueError("baseline 'rloo_token' needs step_tokens [N, K] (tokens per step)")
     ntok = batch.step_tokens.to(batch.step_rewards.dtype) * batch.mask
     b = rloo_token_baseline(batch.process_returns[:, 0], ntok.sum(-1), batch.group_ids)
-    adjusted = batch.step_rewards - b[:, None] * ntok + place_at_last_step(batch.loo_verifier_term(), batch.mask)
+    charged = ntok if batch.boundary_tokens_charged else (ntok - 1).clamp(min=0) * batch.mask
+    adjusted = batch.step_rewards - b[:, None] * charged + place_at_last_step(batch.loo_verifier_term(), batch.mask)
     return sum_form_returns(adjusted, batch.mask, batch.gamma)
 
 
@@ -373,6 +410,7 @@ def step_advantages(
     vr_coef: float = 0.0,
     whiten_advantages: bool = False,
     extra_rewards: Tensor | None = None,
+    boundary_tokens_charged: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The whole of PURE's credit assignment for a step-level batch (docs/spec.md sections 3-5).
 
@@ -400,6 +438,7 @@ def step_advantages(
         vr_coef: ``c_vr``; 0 disables the VR term.
         whiten_advantages: whiten the advantages over the batch.
         extra_rewards: ``[N, K]`` per-step rewards added outside the credit form, or None.
+        boundary_tokens_charged: see :class:`CreditBatch`.
 
     Returns:
         ``(advantages, value_targets)``, both ``[N, K]`` and 0 on padding.
@@ -440,6 +479,7 @@ def step_advantages(
         has_reference=has_reference,
         vr_coef=vr_coef,
         gamma=gamma,
+        boundary_tokens_charged=boundary_tokens_charged,
     )
     advantages = baseline_fn(batch)
 

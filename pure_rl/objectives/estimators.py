@@ -50,6 +50,8 @@ class StepCreditEstimator(ValueEstimatorBase):
             ``"grpo"``, ``"none"``, or a plug-in's.
         vr_coef: coefficient ``c_vr`` of the verifiable reward; 0 (default) disables it.
         whiten: whiten advantages over the batch's valid steps, weighted by tokens per step. Default True.
+        charge_boundary_tokens: a per-token baseline charges a step's boundary token too (``n`` tokens; False:
+            ``n - 1``, the reference code's count). Default True.
         value_network: must be None: these forms are critic-free, as the paper is. An estimator with a learned
             critic subclasses ``ValueEstimatorBase`` with its own ``value_network`` (the PPO loss then trains it:
             ``StepTokenPPOLoss.loss_critic``); ``examples/min_form_critic`` is one.
@@ -98,6 +100,7 @@ class StepCreditEstimator(ValueEstimatorBase):
         baseline: str = "rloo_token",
         vr_coef: float = 0.0,
         whiten: bool = True,
+        charge_boundary_tokens: bool = True,
         value_network: torch.nn.Module | None = None,
         differentiable: bool = False,
         device: torch.device | None = None,
@@ -123,6 +126,7 @@ class StepCreditEstimator(ValueEstimatorBase):
         self.baseline = baseline
         self.vr_coef = vr_coef
         self.whiten = whiten
+        self.charge_boundary_tokens = charge_boundary_tokens
 
     @property
     def in_keys(self) -> list[NestedKey]:
@@ -215,6 +219,7 @@ class StepCreditEstimator(ValueEstimatorBase):
             vr_coef=self.vr_coef,
             whiten_advantages=self.whiten,
             extra_rewards=extra,
+            boundary_tokens_charged=self.charge_boundary_tokens,
         )
         return advantage.reshape(shape).unsqueeze(-1), value_target.reshape(shape).unsqueeze(-1)
 
