@@ -16,7 +16,7 @@ from envs.datasets import ANSWER_PARSERS, PRESETS, DatasetError, FieldMap, check
 from envs.prm import LAYOUTS, HFTokenClassificationPRM, ProcessRewardModel
 from envs.reasoning_env import ReasoningStepEnv
 from envs.rule_prm import ArithmeticRulePRM
-from envs.tasks import ArithmeticTask, ProblemSource
+from envs.tasks import ArithmeticTask, CopyNumberTask, ProblemSource
 from envs.verifier import MathVerifier
 from pure_rl.registry import get, opt, register
 
@@ -44,6 +44,27 @@ class ArithmeticOptions:
 def arithmetic_task(cfg, split: str) -> ArithmeticTask:
     """Generated arithmetic word problems; the held-out split reads another seed's problems."""
     return ArithmeticTask(cfg.env.difficulty, seed=cfg.train.seed + (EVAL_SEED_OFFSET if split == "eval" else 0))
+
+
+@dataclass
+class CopyNumberOptions:
+    copy_largest: int = opt(
+        9, "copy_number task: the largest number to repeat (from 0)", check=lambda v: v >= 0, allowed=">= 0"
+    )
+    copy_unboxed_share: float = opt(
+        0.5,
+        "copy_number task: share of reference solutions (what a warm-up learns from) that leave the answer "
+        "unboxed, which the verifier does not read",
+        check=lambda v: 0 <= v <= 1,
+        allowed="in [0, 1]",
+    )
+
+
+@register("task", "copy_number", options=CopyNumberOptions)
+def copy_number_task(cfg, split: str) -> CopyNumberTask:
+    """Repeat a number from the question (a learnability check); held-out problems read another seed's."""
+    seed = cfg.train.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
+    return CopyNumberTask(seed=seed, largest=cfg.env.copy_largest, unboxed_share=cfg.env.copy_unboxed_share)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
 
-__all__ = ["ArithmeticTask", "Problem", "ProblemSource", "ProblemStream"]
+__all__ = ["ArithmeticTask", "CopyNumberTask", "Problem", "ProblemSource", "ProblemStream"]
 
 
 @dataclass(frozen=True)
@@ -151,4 +151,36 @@ class ArithmeticTask:
         assert Fraction(value).denominator == 1
         return Problem(
             question=question, answer=str(value), id=f"arith-{self.difficulty}-{index}", solution="\n\n".join(steps)
+        )
+
+
+# --- tasks whose skill a briefly warmed-up model already has, so that RL only has to select it ----------------
+
+
+class CopyNumberTask:
+    """ "Repeat the number N.": the answer is in the question, so RL only has to make the model copy it reliably
+    (a learnability check: a loop that cannot raise this accuracy does not learn). Numbers 0 to ``largest``.
+
+    A seeded ``unboxed_share`` of the reference solutions state the answer without ``\\boxed{}``, which the
+    verifier does not read: a model warmed up on them copies the number but boxes it only that often, so RL has
+    a skill the model has to select (the boxed form), and every group with mixed outcomes shows it which.
+    """
+
+    def __init__(self, seed: int = 0, largest: int = 99, unboxed_share: float = 0.0):
+        self.seed = seed
+        self.largest = largest
+        self.unboxed_share = unboxed_share
+
+    def __len__(self) -> int:
+        return 0
+
+    def problem(self, index: int) -> Problem:
+        rng = random.Random(f"copy-{self.seed}-{index}")
+        n = rng.randint(0, self.largest)
+        answer = f"{n}." if rng.random() < self.unboxed_share else f"\\boxed{{{n}}}."
+        return Problem(
+            question=f"Repeat the number {n}.",
+            answer=str(n),
+            id=f"copy-{index}",
+            solution=f"The number is {n}.\n\nThe answer is {answer}",
         )

@@ -240,7 +240,12 @@ class AlgoConfig:
     critic_coef: float = opt(
         0.5, "weight of the value loss for estimators with a learned critic", check=non_negative, allowed=">= 0"
     )
-    mask_separator_tokens: bool = opt(True, "give separator and EOS tokens zero advantage (reference default)")
+    mask_separator_tokens: bool = opt(
+        False,
+        "give the token that ends a step (separator) and EOS zero advantage, as the reference code does; false: "
+        "they carry their step's advantage like its other tokens (masked, the decision to stop gets no gradient "
+        "of its own and only drifts up with the other tokens' updates: docs/results.md, the collapse)",
+    )
     # The reference code's choices where pure-rl differs (../shared/REFERENCE.md, differences 1-4), each a switch.
     charge_boundary_tokens: bool = opt(
         True,

@@ -1,7 +1,8 @@
 """From step trajectories to token tensors: what the token-level PPO loss consumes.
 
-Every token of a step gets its step's advantage; the token that ends a step at the separator, and the EOS
-token, get zero advantage (the reference code's default, configurable). Sequences are right-padded.
+Every token of a step gets its step's advantage, the token that ends it at the separator and EOS included;
+with ``mask_separator_tokens`` those two get zero advantage instead (the reference code's choice). Sequences are
+right-padded.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def build_token_batch(
     *,
     eos_token_ids: Sequence[int],
     separator_check: Callable[[list[int]], bool],
-    mask_separator_tokens: bool = True,
+    mask_separator_tokens: bool = False,
     pad_id: int = 0,
     eos_on_truncation: bool = False,
 ) -> TensorDict:
