@@ -91,8 +91,8 @@ def token_metrics(traj: TensorDictBase, tokens: TensorDictBase) -> dict[str, flo
     """Where the advantage goes, token by token (after credit assignment), and how much signal the batch has.
 
     ``advantage_token_mean`` is the mean advantage over the tokens that carry one, as the loss weighs them (each
-    sequence's mean, then the batch's): when it is negative, the update lowers the sampled tokens' probabilities
-    on average, which raises every unsampled token's, the masked boundary tokens included.
+    sequence's mean, then the batch's): the update's net push on the sampled tokens (negative: it lowers them on
+    average, and so raises the unsampled ones, masked boundary tokens included).
     ``advantage_boundary_mean`` is the step advantage at the boundary tokens (separator-ending and EOS), the
     share of response tokens they are in ``boundary_token_share``, and ``mixed_group_share`` the share of groups
     whose answers are neither all right nor all wrong (the only groups a verifiable reward moves).

@@ -53,6 +53,8 @@ SERIES = [
     "no_boxed_share",
     "reward_return",
     "kl",
+    "mixed_group_share",
+    "grad_norm",
     "rollout_s",
     "update_s",
     "sync_s",
