@@ -21,6 +21,7 @@ from pure_rl.objectives.credit import (
     sum_form_returns,
     verifier_term,
     whiten,
+    whiten_nonzero,
 )
 
 # --- loop references: the definitions, written the obvious way ----------------------------------------------
@@ -341,3 +342,15 @@ def test_step_advantages_whitening_and_errors():
         step_advantages(rewards, mask, groups, baseline="none", vr_coef=1.0)
     with pytest.raises(ValueError, match="form"):
         step_advantages(rewards, mask, groups, form="max_form", baseline="none")
+
+
+def test_whiten_nonzero_is_the_reference_whitening():
+    """Exact zeros are left out of the count and stay 0; the variance sums over every entry (zeros included) and
+    divides by the non-zero count; entries off the mask count for nothing."""
+    x = torch.tensor([[1.0, 0.0, 3.0, 9.0], [0.0, 2.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, False]])
+    mean = (1 + 3 + 2) / 3
+    var = sum((v - mean) ** 2 for v in (1, 0, 3, 0, 2, 0)) / 3
+    expected = torch.tensor([[1 - mean, 0, 3 - mean, 0], [0, 2 - mean, 0, 0]], dtype=torch.float64) / math.sqrt(var)
+    torch.testing.assert_close(whiten_nonzero(x, mask), expected)
+    assert torch.equal(whiten_nonzero(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool)), torch.zeros(2, 3))
