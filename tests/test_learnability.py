@@ -43,8 +43,8 @@ def test_one_update_raises_what_has_positive_advantage_and_lowers_the_rest(greed
 
 
 @pytest.mark.slow
-def test_vr_only_learns_to_copy_the_number(tmp_path):
-    """benchmarks/learnability.py --quick: VR-only RL raises held-out greedy accuracy on the copy task by the
+def test_vr_only_learns_the_answer_format(tmp_path):
+    """benchmarks/learnability.py --quick: VR-only RL raises held-out greedy accuracy on the answer-format task by the
     benchmark's bar (10 points) from the warmed-up start."""
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     from learnability import main
