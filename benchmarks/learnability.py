@@ -40,8 +40,11 @@ from pure_rl.experiments.sweep import SweepSpec, build_warm_model, run_sweep  # 
 
 RUN_CONFIG = "configs/sweeps/learnability_run.yaml"
 # name -> tiny Qwen2 shape; parameters as built by agents.tiny (vocabulary included)
-SIZES = {"0.4M": {"hidden_size": 128, "layers": 2}, "2.7M": {"hidden_size": 256, "layers": 4}}
-SIZES["9M"] = {"hidden_size": 384, "layers": 6}
+SIZES = {
+    "0.4M": {"hidden_size": 128, "layers": 2},
+    "2.7M": {"hidden_size": 256, "layers": 4},
+    "9M": {"hidden_size": 384, "layers": 6},
+}
 # benchmark task -> (env.task, its overrides)
 TASKS = {
     "answer_format": ("copy_number", {"env.copy_largest": 0, "env.copy_unboxed_share": 0.7}),
@@ -73,11 +76,11 @@ def spec_for(
     )
 
 
-def greedy_accuracy(config: Path, model: Path, seed: int, overrides: list[str]) -> float:
+def greedy_accuracy(config: Path, model: Path, seed: int) -> float:
     """Held-out greedy accuracy of ``model`` on the run's evaluation problems (those every eval of it scores)."""
     from pure_rl.evaluate import main as evaluate
 
-    result = evaluate(["--config", str(config), f"policy.model={model}", f"train.seed={seed}", *overrides])
+    result = evaluate(["--config", str(config), f"policy.model={model}", f"train.seed={seed}"])
     return result["eval_accuracy"]
 
 
@@ -121,14 +124,14 @@ def measure(task: str, size: str, args: argparse.Namespace, out: Path) -> dict:
     runs = {}
     for seed in args.seeds:
         run_dir = folder / "vr_only" / f"seed{seed}"
-        start = greedy_accuracy(run_dir / "config.yaml", model, seed, [])
+        start = greedy_accuracy(run_dir / "config.yaml", model, seed)
         runs[seed] = run_summary(run_dir, start, args.bar)
     result = {"task": task, "size": size, "runs": runs, "wall_seconds": time.perf_counter() - t0}
     result["sweep_wall_seconds"] = record["run_wall_seconds"]
     if args.capacity:
         longer = SweepSpec(**{**spec.__dict__, "warmup": {**spec.warmup, "steps": 3 * args.warmup_steps}})
         longer_dir = out / f"{task}_{size}_warmup_x3"
-        result["warmup_x3_greedy"] = greedy_accuracy(config, build_warm_model(longer, longer_dir, threads=2), 0, [])
+        result["warmup_x3_greedy"] = greedy_accuracy(config, build_warm_model(longer, longer_dir, threads=2), 0)
     return result
 
 

@@ -27,6 +27,7 @@ METRIC_NAMES = (
     "no_boxed_share",
     "repeated_step_ratio",
     "prm_verifier_agreement",
+    "mixed_group_share",
 )
 
 
@@ -72,11 +73,13 @@ def rollout_metrics(traj: TensorDictBase) -> dict[str, float]:
     }
     if has_ref.any():
         out["accuracy"] = correct[has_ref].mean().item()
-        solved = {}
+        outcomes: dict[int, set] = {}  # each group's answers: {True}, {False} or both
         for g, c, h in zip(groups.tolist(), correct.tolist(), has_ref.tolist()):
             if h:
-                solved[g] = solved.get(g, False) or c > 0.5
-        out["pass_at_n"] = sum(solved.values()) / len(solved)
+                outcomes.setdefault(g, set()).add(c > 0.5)
+        out["pass_at_n"] = sum(True in o for o in outcomes.values()) / len(outcomes)
+        # The only groups a verifiable reward moves: neither all right nor all wrong.
+        out["mixed_group_share"] = sum(len(o) == 2 for o in outcomes.values()) / len(outcomes)
         # Does the PRM's judgement (sign of the min-form return) agree with the verifier?
         prm_says_right = min_form_returns(prm, mask)[:, 0] > 0
         out["prm_verifier_agreement"] = (prm_says_right == (correct > 0.5))[has_ref].float().mean().item()
@@ -88,14 +91,13 @@ def rollout_metrics(traj: TensorDictBase) -> dict[str, float]:
 
 
 def token_metrics(traj: TensorDictBase, tokens: TensorDictBase) -> dict[str, float]:
-    """Where the advantage goes, token by token (after credit assignment), and how much signal the batch has.
+    """Where the advantage goes, token by token (after credit assignment).
 
     ``advantage_token_mean`` is the mean advantage over the tokens that carry one, as the loss weighs them (each
     sequence's mean, then the batch's): the update's net push on the sampled tokens (negative: it lowers them on
     average, and so raises the unsampled ones, masked boundary tokens included).
-    ``advantage_boundary_mean`` is the step advantage at the boundary tokens (separator-ending and EOS), the
-    share of response tokens they are in ``boundary_token_share``, and ``mixed_group_share`` the share of groups
-    whose answers are neither all right nor all wrong (the only groups a verifiable reward moves).
+    ``advantage_boundary_mean`` is the step advantage at the boundary tokens (separator-ending and EOS), and
+    ``boundary_token_share`` the share of response tokens they are.
     """
     response = tokens["response_mask"]
     carries = tokens["advantage_mask"]
@@ -104,22 +106,11 @@ def token_metrics(traj: TensorDictBase, tokens: TensorDictBase) -> dict[str, flo
     per_seq = (adv * carries).sum(-1) / carries.sum(-1).clamp(min=1)
     step_adv = traj.get("advantage").reshape(traj.shape).float()
     at_boundary = step_adv.gather(-1, tokens["step_index"].clamp(min=0))[boundary]
-    out = {
+    return {
         "advantage_token_mean": per_seq[carries.any(-1)].mean().item() if carries.any() else 0.0,
         "advantage_boundary_mean": at_boundary.mean().item() if at_boundary.numel() else 0.0,
         "boundary_token_share": boundary.sum().item() / max(1, response.sum().item()),
     }
-    mask = valid_step_mask(traj)
-    nxt = traj.get("next")
-    correct = _last(nxt.get("verifier_reward").reshape(traj.shape).float(), mask)
-    has_ref = _last(nxt.get("has_reference").reshape(traj.shape).float(), mask) > 0.5
-    outcomes: dict[int, set] = {}
-    for g, c, h in zip(traj.get("group_id")[:, 0].tolist(), correct.tolist(), has_ref.tolist()):
-        if h:
-            outcomes.setdefault(g, set()).add(c > 0.5)
-    if outcomes:
-        out["mixed_group_share"] = sum(len(o) == 2 for o in outcomes.values()) / len(outcomes)
-    return out
 
 
 @torch.no_grad()
