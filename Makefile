@@ -48,6 +48,7 @@ bench: $(VLLM_STAMP)
 	$(PY) benchmarks/verifier_agreement.py
 	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/update.py
+	$(PY) benchmarks/prm_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

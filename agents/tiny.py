@@ -94,12 +94,17 @@ def build_tiny_causal_lm(tokenizer, hidden_size: int = 64, layers: int = 2, seed
     return Qwen2ForCausalLM(config).to(torch.float32).eval()
 
 
-def tiny_model_dir(root: str | Path) -> Path:
-    """Build (once) and save the tiny tokenizer and causal LM under ``root``; return the model folder."""
-    path = Path(root) / f"tiny-qwen2-v{TINY_VERSION}"
+def tiny_model_dir(root: str | Path, hidden_size: int = 64, layers: int = 2) -> Path:
+    """Build (once) and save the tiny tokenizer and a causal LM of this size under ``root``; return its folder."""
+    size = "" if (hidden_size, layers) == (64, 2) else f"-{hidden_size}x{layers}"
+    path = Path(root) / f"tiny-qwen2{size}-v{TINY_VERSION}"
     if not (path / "config.json").is_file():
+        if hidden_size % 32 or hidden_size <= 0 or layers <= 0:
+            raise ValueError(
+                f"a tiny model needs a hidden size that is a multiple of 32 and >= 1 layer, got {hidden_size}x{layers}"
+            )
         tokenizer = build_tiny_tokenizer()
-        model = build_tiny_causal_lm(tokenizer)
+        model = build_tiny_causal_lm(tokenizer, hidden_size=hidden_size, layers=layers)
         path.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(path)
         model.save_pretrained(path)

@@ -15,7 +15,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["LAYOUTS", "HFTokenClassificationPRM", "PRMError", "ProcessRewardModel", "load_trained_prm"]
+__all__ = [
+    "LAYOUTS",
+    "HFTokenClassificationPRM",
+    "PRMError",
+    "PRMInputFormat",
+    "ProcessRewardModel",
+    "batch_prm_inputs",
+    "is_causal_model",
+    "load_trained_prm",
+    "step_scores",
+]
 
 LAYOUTS = ("pure", "pure_text", "qwen")
 
@@ -36,6 +46,10 @@ class ProcessRewardModel(abc.ABC):
     # A PRM that reads the policy's own tokens (the reference layout) sets this; the env then passes
     # ``prompts`` (the formatted prompt texts) and ``step_token_ids`` (each step's sampled ids) to ``score``.
     wants_token_ids: bool = False
+    # True when a step's score depends only on the question and the steps up to it (a decoder-only PRM, the rule
+    # PRM): the env may then score a whole planned response in one call and read each step's reward from it,
+    # instead of re-scoring every growing prefix (cost linear, not quadratic, in the steps).
+    prefix_causal: bool = False
 
     @abc.abstractmethod
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
@@ -122,6 +136,115 @@ def load_trained_prm(path: str, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
+class PRMInputFormat:
+    """How a token-classification PRM reads a solution: the token ids and the positions its step scores are read
+    at. Shared by the scorer (:class:`HFTokenClassificationPRM`) and the trainer (:mod:`pure_rl.prm`), so a PRM is
+    trained on exactly the input it is later scored on. Layouts: see :class:`HFTokenClassificationPRM`."""
+
+    def __init__(
+        self,
+        tokenizer,
+        layout: str = "pure_text",
+        *,
+        step_token: str = "<extra_0>",
+        system_prompt: str = "Please reason step by step, and put your final answer within \\boxed{}.",
+        eos_token_ids: Sequence[int] = (),
+    ):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.step_token = step_token
+        self.system_prompt = system_prompt
+        if layout in ("pure", "pure_text"):
+            ids = tokenizer.encode("\n", add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"the PRM tokenizer encodes '\\n' as {len(ids)} tokens; the pure layout needs one")
+            self.marker_id = ids[0]
+        else:
+            self.marker_id = tokenizer.convert_tokens_to_ids(step_token)
+            if self.marker_id is None or self.marker_id == tokenizer.unk_token_id:
+                raise ValueError(f"the PRM tokenizer has no step token {step_token!r}")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._eos_ids = {t for t in (tokenizer.eos_token_id, *eos_token_ids) if isinstance(t, int)}
+
+    def encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Token ids of a solution given as text, and the positions of its step markers (one per step)."""
+        enc = self.tokenizer
+        if self.layout == "pure":
+            raise PRMError("the 'pure' layout reads the policy's token ids (encode_reference); from text use pure_text")
+        if self.layout == "pure_text":
+            ids = [*enc.encode(question, add_special_tokens=False), self.marker_id]
+            positions = []
+            for step in steps:
+                ids += [*enc.encode(step.strip(), add_special_tokens=False), self.marker_id]
+                positions.append(len(ids) - 1)
+            return ids, positions
+        # Scores are read where the step token is, so text must not carry it: a step (or question) that writes
+        # "<extra_0>" would otherwise move where every later step's score is read.
+        body = "".join(self._unmarked(step).strip() + self.step_token for step in steps)
+        messages = [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": self._unmarked(question)},
+            {"role": "assistant", "content": body},
+        ]
+        text = enc.apply_chat_template(messages, tokenize=False)
+        ids = enc.encode(text, add_special_tokens=False)
+        positions = [i for i, t in enumerate(ids) if t == self.marker_id]
+        if len(positions) != len(steps):
+            raise PRMError(
+                f"{len(positions)} step tokens in the PRM input for {len(steps)} steps (the chat template or a "
+                f"token merge holds {self.step_token!r})"
+            )
+        return ids, positions
+
+    def encode_reference(self, prompt: str, step_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+        """The PURE reference's PRM input: prompt ids, each step's ids without its boundary token, ``"\\n"``."""
+        ids = list(self.tokenizer.encode(prompt, add_special_tokens=False))
+        positions = []
+        for toks in step_ids:
+            toks = [int(t) for t in toks]  # tensors' elements too
+            body = toks[:-1] if toks and self._is_boundary(toks[-1]) else toks
+            ids += [*body, self.marker_id]
+            positions.append(len(ids) - 1)
+        return ids, positions
+
+    def _is_boundary(self, token: int) -> bool:
+        # The reference's separators: every token whose text ends with "\n\n"; and EOS.
+        if token in self._eos_ids:
+            return True
+        return self.tokenizer.decode([token], skip_special_tokens=False).endswith("\n\n")
+
+    def _unmarked(self, text: str) -> str:
+        return text.replace(self.step_token, "")
+
+
+def batch_prm_inputs(
+    encoded: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Right-padded ``input_ids`` and ``attention_mask`` ``[B, T]`` for encoded solutions, and each one's marker
+    positions. An input longer than ``max_length`` keeps its last ``max_length`` tokens; a marker that fell off
+    gets position -1 (the scorer reads the oldest kept marker there, the trainer leaves it out)."""
+    kept = []
+    for ids, pos in encoded:
+        cut = max(0, len(ids) - max_length)
+        kept.append((list(ids[cut:]), [p - cut if p >= cut else -1 for p in pos]))
+    width = max(len(ids) for ids, _ in kept)
+    input_ids = torch.full((len(kept), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(kept), width), dtype=torch.long)
+    for i, (ids, _) in enumerate(kept):
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[i, : len(ids)] = 1
+    return input_ids, attention, [pos for _, pos in kept]
+
+
+def is_causal_model(model: torch.nn.Module) -> bool:
+    """Whether every attention module of ``model`` is causal (a decoder-only backbone: a token's output, so a
+    step's score, never depends on later tokens)."""
+    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    return bool(flags) and all(flags)
+
+
 class HFTokenClassificationPRM(ProcessRewardModel):
     """A 2-way token-classification PRM from transformers, scoring every step in one forward pass.
 
@@ -134,13 +257,14 @@ class HFTokenClassificationPRM(ProcessRewardModel):
       template-formatted text, which is the policy's prompt when ``env.use_chat_template`` is false, as in the
       paper.
     - ``"pure_text"``: the same PRM from text: the bare question, ``"\\n"``, then each step stripped and followed
-      by a ``"\\n"`` token (pieces tokenized separately). Close to TRL's PRMTrainer format; not what PURE-PRM-7B
-      was trained on (on a random model, step scores differ from ``"pure"`` by 0.10 on average).
+      by a ``"\\n"`` token (pieces tokenized separately). Close to TRL's PRMTrainer format, and what
+      ``python -m pure_rl.prm train`` trains on; not what PURE-PRM-7B was trained on (on a random model, step
+      scores differ from ``"pure"`` by 0.10 on average).
     - ``"qwen"`` (Qwen2.5-Math-PRM): the chat template with the question as user turn and the steps joined by
       a special step token (``<extra_0>``) as assistant turn; scores are read at that token.
 
     The score is ``p(1) - p(0)`` (``score_mode="difference"``, in ``[-1, 1]``, the spec's choice) or
-    ``p(1)`` (``"positive"``).
+    ``p(1)`` (``"positive"``). A decoder-only backbone makes the PRM :attr:`prefix_causal`.
 
     Args:
         model: a ``*ForTokenClassification`` model with 2 labels (or a folder / hub name to load).
@@ -186,74 +310,20 @@ class HFTokenClassificationPRM(ProcessRewardModel):
         self.model = model.to(device=device, dtype=dtype or next(model.parameters()).dtype).eval()
         self.tokenizer = tokenizer
         self.layout = layout
-        self.system_prompt = system_prompt
         self.score_mode = score_mode
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.max_length = max_length
         self.wants_token_ids = layout == "pure"
-        if layout in ("pure", "pure_text"):
-            ids = tokenizer.encode("\n", add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(f"the PRM tokenizer encodes '\\n' as {len(ids)} tokens; the pure layout needs one")
-            self.marker_id = ids[0]
-        else:
-            self.marker_id = tokenizer.convert_tokens_to_ids(step_token)
-            if self.marker_id is None or self.marker_id == tokenizer.unk_token_id:
-                raise ValueError(f"the PRM tokenizer has no step token {step_token!r}")
-            self.step_token = step_token
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._eos_ids = {
-            t for t in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)) if isinstance(t, int)
-        }
-
-    def _encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
-        """Token ids and the positions of the step markers."""
-        enc = self.tokenizer
-        if self.layout == "pure_text":
-            ids = [*enc.encode(question, add_special_tokens=False), self.marker_id]
-            positions = []
-            for step in steps:
-                ids += [*enc.encode(step.strip(), add_special_tokens=False), self.marker_id]
-                positions.append(len(ids) - 1)
-            return ids, positions
-        # Scores are read where the step token is, so text must not carry it: a step (or question) that writes
-        # "<extra_0>" would otherwise move where every later step's score is read.
-        body = "".join(self._unmarked(step).strip() + self.step_token for step in steps)
-        messages = [
-            {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": self._unmarked(question)},
-            {"role": "assistant", "content": body},
-        ]
-        text = enc.apply_chat_template(messages, tokenize=False)
-        ids = enc.encode(text, add_special_tokens=False)
-        positions = [i for i, t in enumerate(ids) if t == self.marker_id]
-        if len(positions) != len(steps):
-            raise PRMError(
-                f"{type(self).__name__}: {len(positions)} step tokens in the input for {len(steps)} steps (the chat "
-                f"template or a token merge holds {self.step_token!r})"
-            )
-        return ids, positions
-
-    def _encode_reference(self, prompt: str, step_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
-        """The PURE reference's PRM input: prompt ids, each step's ids without its boundary token, ``"\\n"``."""
-        ids = list(self.tokenizer.encode(prompt, add_special_tokens=False))
-        positions = []
-        for toks in step_ids:
-            toks = [int(t) for t in toks]  # tensors' elements too
-            body = toks[:-1] if toks and self._is_boundary(toks[-1]) else toks
-            ids += [*body, self.marker_id]
-            positions.append(len(ids) - 1)
-        return ids, positions
-
-    def _is_boundary(self, token: int) -> bool:
-        # The reference's separators: every token whose text ends with "\n\n"; and EOS.
-        if token in self._eos_ids:
-            return True
-        return self.tokenizer.decode([token], skip_special_tokens=False).endswith("\n\n")
-
-    def _unmarked(self, text: str) -> str:
-        return text.replace(self.step_token, "")
+        self.prefix_causal = is_causal_model(model)
+        eos = getattr(model.config, "eos_token_id", None)
+        self.format = PRMInputFormat(
+            tokenizer,
+            layout,
+            step_token=step_token,
+            system_prompt=system_prompt,
+            eos_token_ids=eos if isinstance(eos, list) else [eos],
+        )
 
     @torch.no_grad()
     def score(
@@ -270,27 +340,24 @@ class HFTokenClassificationPRM(ProcessRewardModel):
                     "the 'pure' layout reads the policy's prompt and step token ids (the env passes them); to score "
                     "text alone use layout 'pure_text'"
                 )
-            encoded = [self._encode_reference(p, ids) for p, ids in zip(prompts, step_token_ids)]
+            encoded = [self.format.encode_reference(p, ids) for p, ids in zip(prompts, step_token_ids)]
         else:
-            encoded = [self._encode(q, s) for q, s in zip(questions, steps)]
+            encoded = [self.format.encode(q, s) for q, s in zip(questions, steps)]
         out: list[list[float]] = []
         for start in range(0, len(encoded), self.batch_size):
-            batch = encoded[start : start + self.batch_size]
-            kept = []
-            for ids, pos in batch:
-                cut = max(0, len(ids) - self.max_length)
-                kept.append((ids[cut:], [p - cut for p in pos]))
-            width = max(len(ids) for ids, _ in kept)
-            input_ids = torch.full((len(kept), width), self.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(kept), width), dtype=torch.long)
-            for i, (ids, _) in enumerate(kept):
-                input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                attention[i, : len(ids)] = 1
+            input_ids, attention, positions = batch_prm_inputs(
+                encoded[start : start + self.batch_size], self.format.pad_id, self.max_length
+            )
             logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)).logits
-            probs = torch.softmax(logits.float(), dim=-1)
-            token_scores = probs[..., 1] - probs[..., 0] if self.score_mode == "difference" else probs[..., 1]
-            for i, (_, pos) in enumerate(kept):
+            token_scores = step_scores(logits, self.score_mode)
+            for i, pos in enumerate(positions):
                 valid = [p for p in pos if p >= 0]
                 first = valid[0] if valid else 0
                 out.append([token_scores[i, p if p >= 0 else first].item() for p in pos])
         return out
+
+
+def step_scores(logits: torch.Tensor, score_mode: str = "difference") -> torch.Tensor:
+    """Scores ``[B, T]`` from 2-way logits ``[B, T, 2]``: ``p(1) - p(0)`` (difference) or ``p(1)`` (positive)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return probs[..., 1] - probs[..., 0] if score_mode == "difference" else probs[..., 1]

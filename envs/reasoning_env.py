@@ -30,6 +30,7 @@ batch can be rolled out until every episode has finished (``env.rollout(..., bre
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase
@@ -138,6 +139,8 @@ class ReasoningStepEnv(EnvBase):
         self.problems: list[Problem | None] = [None] * b
         self.steps: list[list[str]] = [[] for _ in range(b)]
         self.step_ids: list[list[list[int]]] = [[] for _ in range(b)]  # each step's sampled token ids
+        # PRM scores of each row's planned response (plan_responses), read as its steps arrive.
+        self.planned: list[tuple[list[str], list[float]] | None] = [None] * b
         self.group_ids = torch.zeros(b, dtype=torch.int64)
         self.step_count = torch.zeros(b, dtype=torch.int64)
         self.num_tokens = torch.zeros(b, dtype=torch.int64)
@@ -226,6 +229,7 @@ class ReasoningStepEnv(EnvBase):
                 self.problems[i] = problem
                 self.steps[i] = []
                 self.step_ids[i] = []
+                self.planned[i] = None
             self.group_ids[g * self.group_size : (g + 1) * self.group_size] = first_position
             first_position += 1
         self.step_count[mask] = 0
@@ -272,14 +276,16 @@ class ReasoningStepEnv(EnvBase):
         t0 = time.perf_counter()
         prm_reward = torch.zeros(b)
         if self.prm is not None and idx:
-            context = {}
-            if self.prm.wants_token_ids:
-                context = dict(
-                    prompts=[self.format_prompt(self.problems[i]) for i in idx],
-                    step_token_ids=[self.step_ids[i] for i in idx],
-                )
-            scores = self.prm([self.problems[i].question for i in idx], [self.steps[i] for i in idx], **context)
-            prm_reward[idx] = torch.tensor([s[-1] for s in scores], dtype=torch.float32)
+            live = []
+            for i in idx:
+                k = len(self.steps[i]) - 1
+                plan = self.planned[i]
+                if plan is not None and k < len(plan[0]) and plan[0][k] == self.steps[i][k]:
+                    prm_reward[i] = plan[1][k]
+                else:
+                    live.append(i)
+            if live:
+                prm_reward[live] = torch.tensor([s[-1] for s in self._prm_scores(live)], dtype=torch.float32)
         verifier_reward = torch.zeros(b)
         has_ref = torch.zeros(b, dtype=torch.bool)
         for i in ended.nonzero().flatten().tolist():
@@ -307,6 +313,42 @@ class ReasoningStepEnv(EnvBase):
         out.set("terminated", self.terminated.view(b, 1).clone())
         out.set("truncated", (done.view(b) & ~self.terminated).view(b, 1))
         return out
+
+    def _prm_scores(self, rows: list[int]) -> list[list[float]]:
+        """The PRM's scores of every step so far of each row in ``rows``."""
+        context = {}
+        if self.prm.wants_token_ids:
+            context = dict(
+                prompts=[self.format_prompt(self.problems[i]) for i in rows],
+                step_token_ids=[self.step_ids[i] for i in rows],
+            )
+        return self.prm([self.problems[i].question for i in rows], [self.steps[i] for i in rows], **context)
+
+    def plan_responses(
+        self, rows: Sequence[int], steps: Sequence[Sequence[str]], step_ids: Sequence[Sequence[Sequence[int]]]
+    ) -> None:
+        """Score the whole responses that freshly reset ``rows`` are about to write (the ``"response"`` rollout
+        mode knows them before the first step): one PRM call over all steps of each, so the PRM's cost is linear
+        in the steps instead of re-scoring every growing prefix. Each step's reward is then read from it, which
+        equals scoring its prefix because the PRM is :attr:`~envs.prm.ProcessRewardModel.prefix_causal` (a PRM
+        that is not is scored step by step, and this does nothing). A written step that differs from the
+        planned one is scored live."""
+        if self.prm is None or not self.prm.prefix_causal or not rows:
+            return
+        rows = list(rows)
+        steps = [list(s[: self.max_steps]) for s in steps]
+        saved = [(self.steps[i], self.step_ids[i]) for i in rows]
+        for i, s, ids in zip(rows, steps, step_ids):
+            self.steps[i], self.step_ids[i] = s, [list(t) for t in ids[: self.max_steps]]
+        t0 = time.perf_counter()
+        try:
+            scores = self._prm_scores(rows) if any(steps) else [[] for _ in rows]
+        finally:
+            for i, (s, ids) in zip(rows, saved):
+                self.steps[i], self.step_ids[i] = s, ids
+        self.reward_seconds += time.perf_counter() - t0
+        for i, s, sc in zip(rows, steps, scores):
+            self.planned[i] = (s, sc)
 
     @property
     def all_finished(self) -> bool:

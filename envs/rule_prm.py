@@ -155,6 +155,8 @@ class ArithmeticRulePRM(ProcessRewardModel):
             unsupported guess). Off by default: the answer line is then neutral like any step without equations.
     """
 
+    prefix_causal = True  # a step's score reads that step and (answer_check) the equations before it
+
     def __init__(
         self,
         correct_score: float = 1.0,

@@ -1,12 +1,13 @@
 """The run config: typed dataclasses loaded from YAML, with dotted CLI overrides and validation.
 
-Every hyperparameter lives here with its default and a one-line help (``opt(...)``), in seven sections: ``env``,
-``policy``, ``warmup``, ``lora``, ``algo``, ``train``, ``log``, plus the top-level ``plugins`` list. The keys of a
-registered thing (a PRM's model folder, a task's difficulty, an estimator's temperature) are declared beside it
+Every hyperparameter
+lives here with its default and a one-line help (``opt(...)``), in eight sections: ``env``, ``policy``, ``warmup``,
+``lora``, ``prm``, ``algo``, ``train``, ``log``, plus the top-level ``plugins`` list. The keys of a registered thing
+(a PRM's model folder, a task's difficulty, an estimator's temperature) are declared beside it
 (:mod:`pure_rl.registry`) and join its kind's section here. ``load_config(path, overrides)`` reads a YAML file,
-imports its plug-ins, applies overrides such as ``algo.temperature=0.05`` and validates the result: an unknown
-key, a wrong type, an unregistered name or an impossible value raises :class:`ConfigError` naming the key and
-what is allowed, before any model loads.
+imports its plug-ins, applies overrides such as ``algo.temperature=0.05`` and validates the result: an unknown key, a
+wrong type, an unregistered name or an impossible value raises :class:`ConfigError` naming the key and what is
+allowed, before any model loads.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "EnvConfig",
     "LogConfig",
     "LoraConfig",
+    "PRMConfig",
     "PolicyConfig",
     "RunConfig",
     "TrainConfig",
@@ -190,6 +192,61 @@ class WarmupConfig:
     )
     batch_size: int = opt(8, "reference solutions per warm-up step", check=positive, allowed="> 0")
     lr: float = opt(1e-5, "warm-up AdamW learning rate", check=positive, allowed="> 0")
+
+
+@dataclass
+class PRMConfig:
+    """Learned PRMs: Monte-Carlo step labels from the policy (``python -m pure_rl.prm label``) and training a
+    token-classification PRM on step labels (``python -m pure_rl.prm train``). The trained folder is what
+    ``env.prm=hf env.prm_model=DIR env.prm_layout=<layout>`` loads."""
+
+    label_problems: int = opt(32, "label: training problems to sample solutions for", check=positive, allowed="> 0")
+    label_samples: int = opt(4, "label: solutions sampled per problem", check=positive, allowed="> 0")
+    label_rollouts: int = opt(
+        4, "label: completions sampled from every step prefix (Math-Shepherd's N)", check=positive, allowed="> 0"
+    )
+    label_mode: str = opt(
+        "hard",
+        "label: hard (a step is correct when any completion from it reaches the reference answer) or soft (the "
+        "share that do)",
+        choices=("hard", "soft"),
+    )
+    label_batch_size: int = opt(64, "label: sequences per generation call", check=positive, allowed="> 0")
+    data: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
+        [], "train: step-label jsonl files (docs/prm.md's schema) when --labels is not given"
+    )
+    base_model: str | None = opt(
+        None,
+        "train: the backbone, an HF causal LM folder or hub name (null: the config's starting policy, warmed up)",
+        check=lambda v: _model_exists(v),
+    )
+    layout: str = opt(
+        "pure_text",
+        "train: the input layout, pure_text (PURE-PRM's: '\\n' after each step, read there) or qwen "
+        "(Qwen2.5-Math-PRM's step token)",
+        choices=("pure_text", "qwen"),
+    )
+    steps: int = opt(200, "train: optimiser steps", check=positive, allowed="> 0")
+    batch_size: int = opt(16, "train: labelled solutions per optimiser step", check=positive, allowed="> 0")
+    lr: float = opt(
+        2e-5,
+        "train: peak AdamW learning rate (linear warm-up over 10% of the steps, then decay)",
+        check=positive,
+        allowed="> 0",
+    )
+    heldout_share: float = opt(
+        0.2,
+        "train: share of problems (all their solutions) held out for the step metrics",
+        check=lambda v: 0 <= v < 1,
+        allowed="in [0, 1)",
+    )
+    eval_every: int = opt(
+        50, "train: steps between held-out evaluations (and at the end)", check=positive, allowed="> 0"
+    )
+    checkpoint_every: int = opt(
+        50, "train: steps between checkpoints (resume with --resume)", check=positive, allowed="> 0"
+    )
+    max_length: int = opt(1024, "train: tokens per input (longer ones keep their last)", check=positive, allowed="> 0")
 
 
 @dataclass
@@ -365,6 +422,7 @@ class RunConfig:
     policy: PolicyConfig = field(default_factory=lambda: section_class("policy")())
     warmup: WarmupConfig = field(default_factory=lambda: section_class("warmup")())
     lora: LoraConfig = field(default_factory=lambda: section_class("lora")())
+    prm: PRMConfig = field(default_factory=lambda: section_class("prm")())
     algo: AlgoConfig = field(default_factory=lambda: section_class("algo")())
     train: TrainConfig = field(default_factory=lambda: section_class("train")())
     log: LogConfig = field(default_factory=lambda: section_class("log")())
@@ -378,6 +436,7 @@ SECTION_CLASSES.update(
     policy=PolicyConfig,
     warmup=WarmupConfig,
     lora=LoraConfig,
+    prm=PRMConfig,
     algo=AlgoConfig,
     train=TrainConfig,
     log=LogConfig,

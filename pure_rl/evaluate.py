@@ -2,9 +2,10 @@
 
 Accuracy is the verifier's (last ``\\boxed{}`` against the reference), with greedy decoding, one sample per
 problem; ``--samples K`` also samples K responses per problem at the policy's temperature (what training
-sees) and reports their accuracy and pass@K. With ``--run-dir`` the policy weights come from that run's
-checkpoint; without it, from the config's starting model (after its ``warmup`` section, if any: the cached
-warmed-up model).
+sees) and reports their accuracy and pass@K; ``--best-of N`` samples N and picks one by the PRM's aggregated
+step scores (:mod:`pure_rl.best_of_n`), beside majority vote and pass@n, writing a table, JSON and a plot.
+With ``--run-dir`` the policy weights come from that run's checkpoint; without it, from the config's starting
+model (after its ``warmup`` section, if any: the cached warmed-up model).
 """
 
 from __future__ import annotations
@@ -51,6 +52,32 @@ def evaluate(env, policy, mode: str = "response", sampled: bool = False) -> dict
     return {f"eval_{k}": m[k] for k in keys if k in m}
 
 
+def run_best_of_n(cfg, policy, problems: int, args, config: str) -> dict:
+    """Best-of-N over ``problems`` held-out problems with the configured PRM (even when training is VR-only)."""
+    from envs import make_env
+    from pure_rl.best_of_n import best_of_n, best_of_n_table, sample_scored, write_best_of_n
+    from pure_rl.registry import get
+
+    prm = get("prm", cfg.env.prm)(cfg)
+    env = make_env(cfg, split="eval", batch_size=problems * args.best_of, group_size=args.best_of, prm=prm)
+    samples = sample_scored(env, policy, cfg.policy.rollout_mode)
+    table = best_of_n(samples, args.aggregate, args.best_of)
+    out = args.out or (f"{args.run_dir}/best_of_n" if args.run_dir else "runs/best_of_n")
+    title = f"best-of-N, {problems} problems, PRM {cfg.env.prm} ({cfg.env.prm_model or 'built in'})"
+    meta = {
+        "config": str(config),
+        "prm": cfg.env.prm,
+        "prm_model": cfg.env.prm_model,
+        "problems": problems,
+        "n_max": args.best_of,
+        "title": title,
+    }
+    write_best_of_n(table, samples, out, meta)
+    print(best_of_n_table(table))
+    print(f"wrote {out}/best_of_n.json and best_of_n.png")
+    return {str(n): row for n, row in table.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from agents import make_policy
     from envs import make_env
@@ -65,10 +92,24 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--samples", type=int, default=0, help="also sample this many responses per problem (accuracy, pass@K)"
     )
+    p.add_argument(
+        "--best-of", type=int, default=0, help="sample N per problem and select by the PRM (env.prm) for n = 1..N"
+    )
+    p.add_argument(
+        "--aggregate", nargs="+", default=["min", "last", "prod", "mean"], help="best-of-N: step-score aggregations"
+    )
+    p.add_argument("--out", default=None, help="best-of-N: folder for best_of_n.json/.png (default: runs/best_of_n)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.eval_dataset=gsm8k")
     args = p.parse_args(argv)
     if args.samples < 0:
         sys.exit(f"--samples must be >= 0 (0: greedy only), got {args.samples}")
+    if args.best_of < 0:
+        sys.exit(f"--best-of must be >= 0 (0: no best-of-N), got {args.best_of}")
+    from pure_rl.best_of_n import AGGREGATIONS
+
+    unknown = [a for a in args.aggregate if a not in AGGREGATIONS]
+    if unknown:
+        sys.exit(f"--aggregate {unknown[0]!r} is not an aggregation; choose from {', '.join(AGGREGATIONS)}")
     config = args.config or (f"{args.run_dir}/config.yaml" if args.run_dir else DEFAULT_CONFIG)
     try:
         cfg = load_config(config, args.overrides)
@@ -81,10 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
         policy.sync_weights()
     env = make_env(cfg, split="eval", batch_size=args.problems)
     result = evaluate(env, policy, cfg.policy.rollout_mode)
+    problems = env.batch_size[0]
     if args.samples:
-        problems = env.batch_size[0]
         env = make_env(cfg, split="eval", batch_size=problems * args.samples, group_size=args.samples)
         result.update(evaluate(env, policy, cfg.policy.rollout_mode, sampled=True))
+    if args.best_of:
+        result["best_of_n"] = run_best_of_n(cfg, policy, problems, args, config)
     print(json.dumps(result, indent=2))
     return result
 

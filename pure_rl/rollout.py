@@ -137,6 +137,9 @@ class WholeResponseActor(TensorDictModuleBase):
         self.out_keys = list(policy.out_keys)  # a collector reads these instead of probing the policy
         n = env.batch_size[0]
         self.script = ResponseScript([[]] * n, policy.tokenizer, env.separator, policy.eos_token_ids, env.max_tokens)
+        # The env scores each whole response once (its PRM cost linear in the steps); a bound method, so the env
+        # is not registered as a submodule of this policy.
+        self.plan_responses = getattr(env, "plan_responses", None)
 
     def forward(self, td: TensorDictBase) -> TensorDictBase:
         steps = td.get("step_count").reshape(-1).tolist()
@@ -145,6 +148,8 @@ class WholeResponseActor(TensorDictModuleBase):
         if fresh:
             rows = td if len(fresh) == len(steps) else td[fresh]
             self.script.set_rows(fresh, self.policy.generate_responses(rows, self.stop_at_answer))
+            if self.plan_responses is not None:
+                self.plan_responses(fresh, [self.script.texts[i] for i in fresh], [self.script.steps[i] for i in fresh])
         return self.script(td)
 
 

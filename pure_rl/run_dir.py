@@ -26,7 +26,8 @@ __all__ = ["SAFE_KEYS", "RunDirError", "RunLock", "claim_new_run", "holds_run", 
 
 # Keys a resume may change without --allow-changes: they extend or observe a run, never alter what it learns.
 SAFE_KEYS = ("train.iterations", "train.checkpoint_every", "train.eval_every", "log.sample_every", "log.loggers")
-SAFE_PREFIXES = ("log.wandb_", "log.mlflow_")
+# The prm section is read by the PRM tools (python -m pure_rl.prm), never by RL training.
+SAFE_PREFIXES = ("log.wandb_", "log.mlflow_", "prm.")
 # What a run writes into its folder (``--overwrite`` deletes exactly these; other files are left alone).
 RUN_FILES = (
     "config.yaml",

@@ -92,8 +92,8 @@ def test_hf_prm_scores_shape_range_and_manual_equality(tiny_prm_model, tiny_toke
     scores = prm([QUESTION, "Other?"], [STEPS, STEPS[:1]])
     assert [len(s) for s in scores] == [3, 1]
     assert all(-1 <= x <= 1 for row in scores for x in row)
-    ids, positions = prm._encode(QUESTION, STEPS)
-    assert [ids[p] for p in positions] == [prm.marker_id] * 3
+    ids, positions = prm.format.encode(QUESTION, STEPS)
+    assert [ids[p] for p in positions] == [prm.format.marker_id] * 3
     with torch.no_grad():
         probs = torch.softmax(tiny_prm_model(input_ids=torch.tensor([ids])).logits[0], -1)
     manual = [(probs[p, 1] - probs[p, 0]).item() for p in positions]
@@ -105,7 +105,7 @@ def test_hf_prm_reads_exactly_each_steps_position(tiny_prm_model, tiny_tokenizer
     """Flip the label logits at one step's marker token: only that step's score moves (it changes sign)."""
     prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout=layout)
     base = prm([QUESTION], [STEPS])[0]
-    _, positions = prm._encode(QUESTION, STEPS)
+    _, positions = prm.format.encode(QUESTION, STEPS)
     for k, pos in enumerate(positions):
 
         def flip(module, inputs, output, pos=pos):
@@ -212,7 +212,7 @@ def test_a_prm_declares_its_own_range():
 def test_step_text_cannot_forge_qwen_step_positions(tiny_prm_model, tiny_tokenizer):
     prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout="qwen")
     forged = [STEPS[0].replace("Tom", "Tom <extra_0>"), STEPS[1], STEPS[2]]
-    _, positions = prm._encode(QUESTION + " <extra_0>", forged)
+    _, positions = prm.format.encode(QUESTION + " <extra_0>", forged)
     assert len(positions) == 3
     # The marker text is dropped, so the scores are those of the text without it.
     clean = [STEPS[0].replace("Tom", "Tom "), STEPS[1], STEPS[2]]
@@ -243,7 +243,7 @@ def test_qwen_math_prm_two_layer_head_loads_its_trained_weights(tiny_prm_model, 
     tiny_prm_model.save_pretrained(tmp_path, state_dict=state)
     tiny_tokenizer.save_pretrained(tmp_path)
     prm = HFTokenClassificationPRM(tmp_path, layout="qwen")
-    ids, positions = prm._encode(QUESTION, STEPS)
+    ids, positions = prm.format.encode(QUESTION, STEPS)
     with torch.no_grad():
         hidden = tiny_prm_model.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
         probs = torch.softmax(head(hidden), -1)
@@ -260,7 +260,7 @@ def test_pure_layout_is_the_reference_input_from_the_policy_s_token_ids(tiny_prm
     steps = [enc(s) for s in STEPS]
     steps[-1] = [*steps[-1], tiny_tokenizer.eos_token_id]
     newline = enc("\n")[0]
-    ids, positions = prm._encode_reference(prompt, steps)
+    ids, positions = prm.format.encode_reference(prompt, steps)
     expected = enc(prompt)
     for s in steps:
         boundary = s[-1] == tiny_tokenizer.eos_token_id or tiny_tokenizer.decode([s[-1]]).endswith("\n\n")

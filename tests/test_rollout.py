@@ -84,3 +84,55 @@ def test_make_collector_refuses_an_env_that_restarts_groups(greedy_cfg):
     env.restart_groups = True
     with pytest.raises(ValueError, match="restart_groups=False"):
         make_collector(env, make_policy(cfg))
+
+
+class CountingPRM:
+    """Wraps a PRM and counts the steps it is asked to score (the PRM's cost)."""
+
+    def __init__(self, prm):
+        self.prm, self.scored, self.calls = prm, 0, 0
+        self.wants_token_ids, self.prefix_causal = prm.wants_token_ids, prm.prefix_causal
+
+    def __call__(self, questions, steps, **context):
+        self.calls += 1
+        self.scored += sum(len(s) for s in steps)
+        return self.prm(questions, steps, **context)
+
+
+@pytest.mark.parametrize("which", ["rule", "hf"])
+def test_planned_prm_scores_equal_scoring_every_prefix(greedy_cfg, tiny_tokenizer, which):
+    """Response mode scores each whole response once; every step's reward equals re-scoring its prefix, which
+    a PRM that is not prefix-causal still gets (the quadratic path)."""
+    from transformers import Qwen2Config, Qwen2ForTokenClassification
+
+    from envs.prm import HFTokenClassificationPRM
+    from envs.rule_prm import ArithmeticRulePRM
+
+    if which == "rule":
+        make = lambda: ArithmeticRulePRM(answer_check=True)  # noqa: E731 (its scores read earlier steps)
+    else:
+        torch.manual_seed(0)
+        config = Qwen2Config(
+            vocab_size=len(tiny_tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            num_labels=2,
+        )
+        model = Qwen2ForTokenClassification(config)
+        make = lambda: HFTokenClassificationPRM(model, tiny_tokenizer, layout="pure_text")  # noqa: E731
+    cfg = greedy_cfg()
+    policy = make_policy(cfg)
+    planned, stepwise = CountingPRM(make()), CountingPRM(make())
+    stepwise.prefix_causal = False
+    assert planned.prefix_causal
+    a = collect(make_env(cfg, prm=planned), policy, "response")
+    b = collect(make_env(cfg, prm=stepwise), policy, "response")
+    assert a.get("step_text").tolist() == b.get("step_text").tolist()
+    torch.testing.assert_close(a["next", "prm_reward"], b["next", "prm_reward"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a["next", "reward"], b["next", "reward"], atol=1e-5, rtol=0)
+    steps = int(a.get(("next", "step_count"))[:, -1].sum())
+    assert planned.calls == 1 and planned.scored == steps  # one call, each step once: linear
+    assert stepwise.scored > steps  # every prefix again: 1 + 2 + ... + K per response

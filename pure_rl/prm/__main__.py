@@ -1,0 +1,87 @@
+"""``python -m pure_rl.prm``: label steps with the policy, train a PRM, convert published labels, score a PRM.
+
+python -m pure_rl.prm label    --config configs/prm/tiny.yaml --out runs/prm/labels.jsonl
+python -m pure_rl.prm train    --config configs/prm/tiny.yaml --labels runs/prm/labels.jsonl --out runs/prm/model
+python -m pure_rl.prm convert  --format prm800k phase2_train.jsonl --out prm800k.jsonl
+python -m pure_rl.prm evaluate --prm runs/prm/model --labels heldout.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _config(args):
+    from pure_rl.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from pure_rl.prm.labels import LabelError
+
+    p = argparse.ArgumentParser(prog="python -m pure_rl.prm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    lab = sub.add_parser("label", help="Monte-Carlo step labels from the config's policy (prm.label_* keys)")
+    lab.add_argument("--config", required=True)
+    lab.add_argument("--out", required=True, help="jsonl file to write (resumed when it holds the same settings')")
+    lab.add_argument("--overwrite", action="store_true", help="replace labels made with other settings")
+    tr = sub.add_parser("train", help="train a token-classification PRM (prm.* keys)")
+    tr.add_argument("--config", required=True)
+    tr.add_argument("--out", required=True, help="folder for the trained PRM (an HF model folder)")
+    tr.add_argument("--labels", nargs="+", default=None, help="step-label jsonl files (default: prm.data)")
+    tr.add_argument("--resume", action="store_true", help="continue the training in --out from its checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace a PRM training in --out")
+    conv = sub.add_parser("convert", help="convert PRM800K / Math-Shepherd jsonl to the step-label schema")
+    conv.add_argument("--format", required=True, choices=("prm800k", "math_shepherd"))
+    conv.add_argument("source")
+    conv.add_argument("--out", required=True)
+    ev = sub.add_parser("evaluate", help="a trained PRM's step metrics on labelled solutions")
+    ev.add_argument("--prm", required=True, help="the PRM folder")
+    ev.add_argument("--labels", nargs="+", required=True)
+    ev.add_argument("--layout", default="pure_text", choices=("pure_text", "qwen"))
+    for sp in (lab, tr):
+        sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prm.steps=100")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "label":
+            from pure_rl.prm.monte_carlo import label_with_policy
+
+            result = label_with_policy(_config(args), args.out, overwrite=args.overwrite)
+        elif args.command == "train":
+            from pure_rl.prm.labels import read_step_labels
+            from pure_rl.prm.trainer import train_prm
+
+            cfg = _config(args)
+            rows = read_step_labels(args.labels or cfg.prm.data)
+            result = train_prm(cfg, rows, args.out, resume=args.resume, overwrite=args.overwrite)
+            result["use_it"] = f"env.prm=hf env.prm_model={args.out} env.prm_layout={cfg.prm.layout}"
+        elif args.command == "convert":
+            from pure_rl.prm.labels import convert_file
+
+            written, skipped = convert_file(args.format, args.source, args.out)
+            result = {"rows": written, "skipped_without_labels": skipped, "out": args.out}
+        else:
+            import torch
+
+            from envs.prm import HFTokenClassificationPRM
+            from pure_rl.prm.labels import read_step_labels
+            from pure_rl.prm.metrics import prm_metrics
+
+            rows = read_step_labels(args.labels)
+            prm = HFTokenClassificationPRM(args.prm, layout=args.layout, dtype=torch.float32)
+            scores = prm([r.question for r in rows], [r.steps for r in rows])
+            result = prm_metrics(scores, [r.labels for r in rows])
+    except LabelError as e:
+        sys.exit(f"step labels: {e}")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
