@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 VLLM_STAMP := $(VENV)/.vllm-stamp
 ARGS ?=
 
-.PHONY: setup setup-vllm train test test-fast lint bench clean
+.PHONY: setup setup-vllm train test test-fast lint bench bench-trl clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: $(VLLM_STAMP)
 	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/update.py
 	$(PY) benchmarks/prm_cost.py
+
+# pure-rl against TRL's GRPOTrainer on the same work (installs the bench extra: trl).
+bench-trl: $(STAMP)
+	$(PIP) -e ".[bench]"
+	$(PY) benchmarks/vs_trl.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

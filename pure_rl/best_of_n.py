@@ -20,7 +20,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AGGREGATIONS", "best_of_n", "best_of_n_table", "plot_best_of_n", "sample_scored"]
+__all__ = [
+    "AGGREGATIONS",
+    "best_of_n",
+    "best_of_n_table",
+    "plot_best_of_n",
+    "sample_scored",
+    "within_problem_accuracy",
+]
 
 
 def _prob(s: float) -> float:
@@ -37,13 +44,13 @@ AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
 
 
 def sample_scored(env, policy, mode: str) -> list[dict]:
-    """One batch of sampled responses (the env's ``B`` rows, ``group_size`` per problem) with, per response, its
-    step scores, its boxed answer, whether the verifier accepts it, and its problem."""
+    """One batch of sampled responses (the env's ``B`` rows, ``group_size`` per problem, from the env's current
+    position in its problem order) with, per response, its step scores, its boxed answer, whether the verifier
+    accepts it, and its problem."""
     from envs.verifier import last_boxed
     from pure_rl.rollout import collect
     from pure_rl.token_batch import valid_step_mask
 
-    env.rewind()
     with torch.no_grad():
         traj = collect(env, policy, mode)
     mask = valid_step_mask(traj)
@@ -104,6 +111,27 @@ def best_of_n(samples: list[dict], aggregations: Sequence[str], n_max: int) -> d
                 hits["random"].append(sum(s["correct"] for s in group) / n)
         table[n] = {m: sum(v) / len(v) for m, v in hits.items()}
     return table
+
+
+def within_problem_accuracy(samples: list[dict], aggregations: Sequence[str]) -> dict[str, float]:
+    """Per aggregation, the share of (correct, wrong) pairs of responses *to the same problem* in which the correct
+    one scores higher (ties count half): what selection needs, unlike a step AUC pooled across problems, which a
+    PRM can earn by knowing which problems are hard. NaN when no problem has both kinds."""
+    by_problem: dict[int, list[dict]] = {}
+    for s in samples:
+        by_problem.setdefault(s["problem"], []).append(s)
+    out = {}
+    for name in aggregations:
+        wins = pairs = 0.0
+        for rows in by_problem.values():
+            agg = [(AGGREGATIONS[name](s["scores"]) if s["scores"] else -math.inf, s["correct"]) for s in rows]
+            for good, ok in agg:
+                for bad, wrong_ok in agg:
+                    if ok and not wrong_ok:
+                        wins += (good > bad) + 0.5 * (good == bad)
+                        pairs += 1
+        out[name] = wins / pairs if pairs else float("nan")
+    return out
 
 
 def best_of_n_table(table: dict[int, dict[str, float]]) -> str:

@@ -55,27 +55,45 @@ def evaluate(env, policy, mode: str = "response", sampled: bool = False) -> dict
 def run_best_of_n(cfg, policy, problems: int, args, config: str) -> dict:
     """Best-of-N over ``problems`` held-out problems with the configured PRM (even when training is VR-only)."""
     from envs import make_env
-    from pure_rl.best_of_n import best_of_n, best_of_n_table, sample_scored, write_best_of_n
+    from pure_rl.best_of_n import (
+        best_of_n,
+        best_of_n_table,
+        sample_scored,
+        within_problem_accuracy,
+        write_best_of_n,
+    )
     from pure_rl.registry import get
 
     prm = get("prm", cfg.env.prm)(cfg)
-    env = make_env(cfg, split="eval", batch_size=problems * args.best_of, group_size=args.best_of, prm=prm)
-    samples = sample_scored(env, policy, cfg.policy.rollout_mode)
+    n = args.best_of
+    per_batch = max(1, args.best_of_batch // n)  # problems per rollout: bounds the generation's memory
+    samples: list[dict] = []
+    for start in range(0, problems, per_batch):
+        count = min(per_batch, problems - start)
+        env = make_env(cfg, split="eval", batch_size=count * n, group_size=n, prm=prm)
+        env.stream.position = start  # the held-out order, continued: every problem once
+        samples += sample_scored(env, policy, cfg.policy.rollout_mode)
     table = best_of_n(samples, args.aggregate, args.best_of)
+    pairs = within_problem_accuracy(samples, args.aggregate)
     out = args.out or (f"{args.run_dir}/best_of_n" if args.run_dir else "runs/best_of_n")
     title = f"best-of-N, {problems} problems, PRM {cfg.env.prm} ({cfg.env.prm_model or 'built in'})"
     meta = {
         "config": str(config),
         "prm": cfg.env.prm,
         "prm_model": cfg.env.prm_model,
+        "within_problem_accuracy": pairs,
         "problems": problems,
         "n_max": args.best_of,
         "title": title,
     }
     write_best_of_n(table, samples, out, meta)
     print(best_of_n_table(table))
+    print(
+        "a correct response outscores a wrong one to the same problem in: "
+        + ", ".join(f"{name} {v:.3f}" for name, v in pairs.items())
+    )
     print(f"wrote {out}/best_of_n.json and best_of_n.png")
-    return {str(n): row for n, row in table.items()}
+    return {**{str(n): row for n, row in table.items()}, "within_problem_accuracy": pairs}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -99,12 +117,17 @@ def main(argv: list[str] | None = None) -> dict:
         "--aggregate", nargs="+", default=["min", "last", "prod", "mean"], help="best-of-N: step-score aggregations"
     )
     p.add_argument("--out", default=None, help="best-of-N: folder for best_of_n.json/.png (default: runs/best_of_n)")
+    p.add_argument(
+        "--best-of-batch", type=int, default=256, help="best-of-N: responses generated at once (problems x N)"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.eval_dataset=gsm8k")
     args = p.parse_args(argv)
     if args.samples < 0:
         sys.exit(f"--samples must be >= 0 (0: greedy only), got {args.samples}")
     if args.best_of < 0:
         sys.exit(f"--best-of must be >= 0 (0: no best-of-N), got {args.best_of}")
+    if args.best_of_batch < 1:
+        sys.exit(f"--best-of-batch must be >= 1, got {args.best_of_batch}")
     from pure_rl.best_of_n import AGGREGATIONS
 
     unknown = [a for a in args.aggregate if a not in AGGREGATIONS]

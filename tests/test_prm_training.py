@@ -433,7 +433,7 @@ def test_prm_cli_train_and_evaluate(labelled, tmp_path):
 
 
 def test_best_of_n_selection_by_hand():
-    from pure_rl.best_of_n import best_of_n
+    from pure_rl.best_of_n import best_of_n, within_problem_accuracy
 
     def s(problem, scores, answer, correct):
         return {"problem": problem, "scores": scores, "answer": answer, "correct": correct}
@@ -459,6 +459,11 @@ def test_best_of_n_selection_by_hand():
     assert t[2]["pass"] == 0.5 and t[2]["min"] == 0.5 and t[1]["random"] == t[4]["random"]
     with pytest.raises(ValueError, match="unknown aggregation"):
         best_of_n(samples, ["max"], 4)
+    # Pairs (correct, wrong) within a problem: problem 0 has 1 x 3, problem 1 has 2 x 2. min: 0.2 beats -0.8,
+    # -0.2, 0.1 (3 of 3); problem 1: 0.5 and 0.6 against 0.4 (win) and 0.7 (loss): 2 of 4. (3 + 2) / 7.
+    pairs = within_problem_accuracy(samples, ["min", "mean"])
+    assert pairs["min"] == pytest.approx(5 / 7)
+    assert pairs["mean"] == pytest.approx((2 + 2) / 7)  # 0.25 beats 0.05 and 0.1, loses to 0.55
 
 
 def test_best_of_n_cli_on_the_tiny_config(trained_prm, warm_tiny_path, tmp_path):
@@ -472,6 +477,8 @@ def test_best_of_n_cli_on_the_tiny_config(trained_prm, warm_tiny_path, tmp_path)
             "4",
             "--problems",
             "3",
+            "--best-of-batch",
+            "8",  # two problems per rollout: the held-out order must continue across rollouts
             "--out",
             str(tmp_path / "bon"),
             f"policy.model={warm_tiny_path}",
@@ -481,7 +488,8 @@ def test_best_of_n_cli_on_the_tiny_config(trained_prm, warm_tiny_path, tmp_path)
             "env.prm_layout=pure_text",
         ]
     )
-    table = result["best_of_n"]
+    table = dict(result["best_of_n"])
+    assert set(table.pop("within_problem_accuracy")) == {"min", "last", "prod", "mean"}
     assert list(table) == ["1", "2", "4"] and set(table["1"]) == {
         "min",
         "last",
@@ -494,3 +502,4 @@ def test_best_of_n_cli_on_the_tiny_config(trained_prm, warm_tiny_path, tmp_path)
     assert table["4"]["pass"] >= table["1"]["pass"]
     saved = json.loads((tmp_path / "bon" / "best_of_n.json").read_text())
     assert len(saved["samples"]) == 12 and (tmp_path / "bon" / "best_of_n.png").is_file()
+    assert sorted({s["problem"] for s in saved["samples"]}) == [0, 1, 2]  # every problem once, 4 samples each

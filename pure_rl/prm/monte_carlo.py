@@ -3,8 +3,10 @@
 For each training problem the policy samples ``prm.label_samples`` solutions; from every step prefix of each
 (all steps but the last) it samples ``prm.label_rollouts`` completions. A step is labelled correct when a
 completion from it reaches the reference answer (``hard``), or with the share that do (``soft``); the last step
-takes the verdict on the solution itself, which is its only completion. A harmless step keeps the answer
-reachable, so it is labelled correct: this is what makes a learned PRM farmable the way real ones are.
+takes the verdict on the solution itself, which is its only completion. A label says whether the answer is still
+reachable, not whether the step is right: a harmless step is labelled like the prefix before it, which is how
+real PRMs come to score filler as safe (and how sum-form credit farms them). How often that happens depends on
+the policy (docs/results.md measures it for the CPU recipe).
 
 Generation runs on the configured policy backend (transformers or vLLM), from the configured starting model
 (warmed up per the config's ``warmup`` section). Each problem's sampling is seeded by its position, and its
