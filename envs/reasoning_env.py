@@ -139,8 +139,8 @@ class ReasoningStepEnv(EnvBase):
         self.problems: list[Problem | None] = [None] * b
         self.steps: list[list[str]] = [[] for _ in range(b)]
         self.step_ids: list[list[list[int]]] = [[] for _ in range(b)]  # each step's sampled token ids
-        # PRM scores of each row's planned response (plan_responses), read as its steps arrive.
-        self.planned: list[tuple[list[str], list[float]] | None] = [None] * b
+        # Each row's planned response (plan_responses): step texts, step ids, PRM scores; read as its steps arrive.
+        self.planned: list[tuple[list[str], list[list[int]], list[float]] | None] = [None] * b
         self.group_ids = torch.zeros(b, dtype=torch.int64)
         self.step_count = torch.zeros(b, dtype=torch.int64)
         self.num_tokens = torch.zeros(b, dtype=torch.int64)
@@ -280,9 +280,14 @@ class ReasoningStepEnv(EnvBase):
             for i in idx:
                 k = len(self.steps[i]) - 1
                 plan = self.planned[i]
-                if plan is not None and k < len(plan[0]) and plan[0][k] == self.steps[i][k]:
-                    prm_reward[i] = plan[1][k]
+                if plan is not None and k < len(plan[0]) and (plan[0][k], plan[1][k]) == (
+                    self.steps[i][k],
+                    self.step_ids[i][k] if self.step_ids[i] else [],
+                ):
+                    prm_reward[i] = plan[2][k]
                 else:
+                    # Off the plan: this step and every later one are scored on what was written.
+                    self.planned[i] = None
                     live.append(i)
             if live:
                 prm_reward[live] = torch.tensor([s[-1] for s in self._prm_scores(live)], dtype=torch.float32)
@@ -332,7 +337,7 @@ class ReasoningStepEnv(EnvBase):
         in the steps instead of re-scoring every growing prefix. Each step's reward is then read from it, which
         equals scoring its prefix because the PRM is :attr:`~envs.prm.ProcessRewardModel.prefix_causal` (a PRM
         that is not is scored step by step, and this does nothing). A written step that differs from the
-        planned one is scored live."""
+        planned one (text or token ids) is scored live, and so is every later step of that episode."""
         if self.prm is None or not self.prm.prefix_causal or not rows:
             return
         rows = list(rows)
@@ -347,8 +352,8 @@ class ReasoningStepEnv(EnvBase):
             for i, (s, ids) in zip(rows, saved):
                 self.steps[i], self.step_ids[i] = s, ids
         self.reward_seconds += time.perf_counter() - t0
-        for i, s, sc in zip(rows, steps, scores):
-            self.planned[i] = (s, sc)
+        for i, s, ids, sc in zip(rows, steps, step_ids, scores):
+            self.planned[i] = (s, [list(t) for t in ids[: self.max_steps]], sc)
 
     @property
     def all_finished(self) -> bool:

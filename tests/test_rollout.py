@@ -136,3 +136,31 @@ def test_planned_prm_scores_equal_scoring_every_prefix(greedy_cfg, tiny_tokenize
     steps = int(a.get(("next", "step_count"))[:, -1].sum())
     assert planned.calls == 1 and planned.scored == steps  # one call, each step once: linear
     assert stepwise.scored > steps  # every prefix again: 1 + 2 + ... + K per response
+
+
+def test_a_step_off_the_plan_is_scored_on_what_was_written(tiny_tokenizer):
+    """Once a written step differs from the planned response, that step and every later one are scored live,
+    even a later step whose text matches the plan (its planned score read another prefix)."""
+    from envs.reasoning_env import ReasoningStepEnv
+    from envs.rule_prm import ArithmeticRulePRM
+    from envs.tasks import ArithmeticTask
+    from pure_rl.rollout import ResponseScript, rollout_responses
+
+    tok, eos = tiny_tokenizer, tiny_tokenizer.eos_token_id
+
+    def split(text):
+        script = ResponseScript([[*tok.encode(text), eos]], tok, "\n\n", [eos], 200)
+        return [*tok.encode(text), eos], script.texts[0], script.steps[0]
+
+    _, planned_texts, planned_ids = split("1 + 1 = 2.\n\nSo \\boxed{4}.")
+    written, written_texts, _ = split("2 + 2 = 4.\n\nSo \\boxed{4}.")
+    assert planned_texts[1] == written_texts[1]  # the answer step reads the same
+    prm = CountingPRM(ArithmeticRulePRM(answer_check=True))
+    env = ReasoningStepEnv(ArithmeticTask(1), prm, batch_size=1, max_steps=4, max_tokens=200)
+    td = env.reset()
+    env.plan_responses([0], [planned_texts], [planned_ids])
+    assert env.planned[0][2] == [1.0, -1.0]  # planned: 4 is not derived from 1 + 1 = 2
+    traj = rollout_responses(env, [written], tok, [eos], tensordict=td)
+    # Written: 2 + 2 = 4 derives the boxed 4, so the answer step is right; the plan would have said wrong.
+    assert traj["next", "prm_reward"].flatten().tolist() == [1.0, 1.0]
+    assert env.planned[0] is None and prm.calls == 3  # the plan, then both steps live
