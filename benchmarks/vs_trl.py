@@ -40,20 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.rollout import matmul_flops  # noqa: E402 (the same roofline as the rollout benchmark)
+
 PROMPTS, SAMPLES, MAX_NEW, TEMPERATURE, BETA, LR = 4, 4, 128, 0.7, 0.001, 3e-6
-
-
-def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def pure_rl_overrides(iterations: int) -> list[str]:

@@ -280,9 +280,14 @@ class ReasoningStepEnv(EnvBase):
             for i in idx:
                 k = len(self.steps[i]) - 1
                 plan = self.planned[i]
-                if plan is not None and k < len(plan[0]) and (plan[0][k], plan[1][k]) == (
-                    self.steps[i][k],
-                    self.step_ids[i][k] if self.step_ids[i] else [],
+                if (
+                    plan is not None
+                    and k < len(plan[0])
+                    and (plan[0][k], plan[1][k])
+                    == (
+                        self.steps[i][k],
+                        self.step_ids[i][k] if self.step_ids[i] else [],
+                    )
                 ):
                     prm_reward[i] = plan[2][k]
                 else:

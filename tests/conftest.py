@@ -57,3 +57,23 @@ def greedy_cfg(warm_tiny_path):
         )
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny_prm_model(tiny_tokenizer):
+    """A randomly initialised 2-way token-classification Qwen2 on the tiny tokenizer (a PRM's shape, no training)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForTokenClassification
+
+    config = Qwen2Config(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return Qwen2ForTokenClassification(config).eval()

@@ -64,24 +64,6 @@ def test_rule_prm_accepts_reference_solutions():
 # --- the HF token-classification PRM ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_prm_model(tiny_tokenizer):
-    from transformers import Qwen2Config, Qwen2ForTokenClassification
-
-    config = Qwen2Config(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=2,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    return Qwen2ForTokenClassification(config).eval()
-
-
 QUESTION = "Tom has 3 apples and gets 4 more. How many?"
 STEPS = ["Tom starts with 3.\n\n", "3 + 4 = 7.\n\n", "The answer is \\boxed{7}."]
 

@@ -100,29 +100,16 @@ class CountingPRM:
 
 
 @pytest.mark.parametrize("which", ["rule", "hf"])
-def test_planned_prm_scores_equal_scoring_every_prefix(greedy_cfg, tiny_tokenizer, which):
+def test_planned_prm_scores_equal_scoring_every_prefix(greedy_cfg, tiny_tokenizer, tiny_prm_model, which):
     """Response mode scores each whole response once; every step's reward equals re-scoring its prefix, which
     a PRM that is not prefix-causal still gets (the quadratic path)."""
-    from transformers import Qwen2Config, Qwen2ForTokenClassification
-
     from envs.prm import HFTokenClassificationPRM
     from envs.rule_prm import ArithmeticRulePRM
 
     if which == "rule":
         make = lambda: ArithmeticRulePRM(answer_check=True)  # noqa: E731 (its scores read earlier steps)
     else:
-        torch.manual_seed(0)
-        config = Qwen2Config(
-            vocab_size=len(tiny_tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            num_labels=2,
-        )
-        model = Qwen2ForTokenClassification(config)
-        make = lambda: HFTokenClassificationPRM(model, tiny_tokenizer, layout="pure_text")  # noqa: E731
+        make = lambda: HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout="pure_text")  # noqa: E731
     cfg = greedy_cfg()
     policy = make_policy(cfg)
     planned, stepwise = CountingPRM(make()), CountingPRM(make())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +104,18 @@ def _check_row(row, where: str) -> StepLabels:
     )
 
 
+def _json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
+    """(line number, "file, line N", parsed object) of every non-blank line of a jsonl file."""
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            yield n, where, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LabelError(f"{where}: not valid JSON ({e.msg})") from e
+
+
 def read_step_labels(paths: str | Path | Sequence[str | Path]) -> list[StepLabels]:
     """Every row of one or more step-label jsonl files, checked against the schema."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -113,14 +125,7 @@ def read_step_labels(paths: str | Path | Sequence[str | Path]) -> list[StepLabel
     for path in map(Path, paths):
         if not path.is_file():
             raise LabelError(f"step-label file {path} does not exist (make one with python -m pure_rl.prm label)")
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {n}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LabelError(f"{where}: not valid JSON ({e.msg})") from e
+        for n, where, raw in _json_lines(path):
             row = _check_row(raw, where)
             row.id = row.id or f"{path.name}:{n}"
             rows.append(row)
@@ -222,14 +227,7 @@ def convert_file(fmt: str, src: str | Path, out: str | Path) -> tuple[int, int]:
     if not src.is_file():
         raise LabelError(f"{src} does not exist")
     rows, skipped = [], 0
-    for n, line in enumerate(src.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{src}, line {n}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LabelError(f"{where}: not valid JSON ({e.msg})") from e
+    for n, where, raw in _json_lines(src):
         row = CONVERTERS[fmt](raw, where)
         if row is None:
             skipped += 1
