@@ -358,6 +358,9 @@ def test_trainer_resumes_exactly(tmp_path, tiny_model_path, monkeypatch):
     with pytest.raises(LabelError, match="labels differ"):
         train_prm(cfg, rows[:-1], tmp_path / "cut", resume=True, progress=False)
     train_prm(cfg, rows, tmp_path / "cut", resume=True, progress=False)
+    lines = (tmp_path / "cut" / "logs" / "scalars" / "prm_loss.csv").read_text().split()
+    steps = [int(float(line.split(",")[0])) for line in lines]
+    assert steps == list(range(1, 21))  # the steps trained again after the checkpoint are logged once
     a = AutoModelForTokenClassification.from_pretrained(tmp_path / "whole").state_dict()
     b = AutoModelForTokenClassification.from_pretrained(tmp_path / "cut").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -169,6 +169,10 @@ def train_prm(
                     f"--resume {out}: the step labels differ from the ones this PRM was being trained on; resume "
                     "with the same --labels, or start over with --overwrite"
                 )
+        if resume:
+            from pure_rl.plots import truncate_metrics
+
+            truncate_metrics(out / "logs" / "scalars", start)  # steps after the checkpoint are trained again
         loggers = make_loggers(cfg, out)
         evaluate = (
             (lambda: heldout_metrics(model, tokenizer, pc.layout, held_rows, pc.batch_size, pc.max_length))
