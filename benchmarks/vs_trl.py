@@ -65,6 +65,20 @@ def pure_rl_overrides(iterations: int) -> list[str]:
     ]
 
 
+def benchmark_prompts(n: int) -> list[tuple[list[dict], str]]:
+    """The first ``n`` questions pure-rl trains on, in its order, as chat messages (the CPU default's prompt in
+    the user turn) with their reference answers: what both programs are given."""
+    from envs import make_source
+    from envs.tasks import ProblemStream
+    from pure_rl.config import load_config
+
+    cfg = load_config(ROOT / "configs/default.yaml", pure_rl_overrides(1))
+    problems = ProblemStream(make_source(cfg), seed=cfg.train.seed).next(n)
+    return [
+        ([{"role": "user", "content": cfg.env.prompt_template.format(question=p.question)}], p.answer) for p in problems
+    ]
+
+
 def run_pure_rl(iterations: int, threads: int, out: Path, extra: tuple[str, ...] = ()) -> list[dict]:
     run_dir = out / "pure_rl"
     cmd = [
@@ -104,21 +118,12 @@ def trl_worker(iterations: int, out: Path) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from agents.models import resolve_model_dir
-    from envs import make_source
-    from envs.tasks import ProblemStream
     from envs.verifier import MathVerifier
     from pure_rl.config import load_config
 
     cfg = load_config(ROOT / "configs/default.yaml", pure_rl_overrides(iterations))
-    problems = ProblemStream(make_source(cfg), seed=cfg.train.seed).next(PROMPTS * iterations)
     data = Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": cfg.env.prompt_template.format(question=p.question)}],
-                "answer": p.answer,
-            }
-            for p in problems
-        ]
+        [{"prompt": messages, "answer": answer} for messages, answer in benchmark_prompts(PROMPTS * iterations)]
     )
     verifier = MathVerifier()
 
@@ -155,12 +160,11 @@ def trl_worker(iterations: int, out: Path) -> None:
     phases: list[dict] = []
     current: dict = {}
 
-    def timed(name, fn, key=None):
+    def timed(name, fn):
         def wrapper(*a, **kw):
             t0 = time.perf_counter()
             result = fn(*a, **kw)
-            k = key(*a, **kw) if key else name
-            current[k] = current.get(k, 0.0) + time.perf_counter() - t0
+            current[name] = current.get(name, 0.0) + time.perf_counter() - t0
             return result
 
         return wrapper
@@ -211,20 +215,9 @@ def prompt_tokens() -> float:
     from transformers import AutoTokenizer
 
     from agents.models import resolve_model_dir
-    from envs import make_source
-    from envs.tasks import ProblemStream
-    from pure_rl.config import load_config
 
-    cfg = load_config(ROOT / "configs/default.yaml", pure_rl_overrides(1))
-    tok = AutoTokenizer.from_pretrained(resolve_model_dir(cfg.policy.model))
-    ids = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": cfg.env.prompt_template.format(question=p.question)}],
-            add_generation_prompt=True,
-            tokenize=True,
-        )
-        for p in ProblemStream(make_source(cfg), seed=cfg.train.seed).next(8)
-    ]
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m-instruct"))
+    ids = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True) for m, _ in benchmark_prompts(8)]
     return statistics.mean(len(i["input_ids"] if hasattr(i, "keys") else i) for i in ids)
 
 

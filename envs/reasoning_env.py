@@ -347,9 +347,10 @@ class ReasoningStepEnv(EnvBase):
             return
         rows = list(rows)
         steps = [list(s[: self.max_steps]) for s in steps]
+        step_ids = [[list(t) for t in ids[: self.max_steps]] for ids in step_ids]
         saved = [(self.steps[i], self.step_ids[i]) for i in rows]
         for i, s, ids in zip(rows, steps, step_ids):
-            self.steps[i], self.step_ids[i] = s, [list(t) for t in ids[: self.max_steps]]
+            self.steps[i], self.step_ids[i] = s, ids
         t0 = time.perf_counter()
         try:
             scores = self._prm_scores(rows) if any(steps) else [[] for _ in rows]
@@ -358,7 +359,7 @@ class ReasoningStepEnv(EnvBase):
                 self.steps[i], self.step_ids[i] = s, ids
         self.reward_seconds += time.perf_counter() - t0
         for i, s, ids, sc in zip(rows, steps, step_ids, scores):
-            self.planned[i] = (s, [list(t) for t in ids[: self.max_steps]], sc)
+            self.planned[i] = (s, ids, sc)
 
     @property
     def all_finished(self) -> bool:

@@ -31,15 +31,18 @@ __all__ = ["load_backbone", "split_by_problem", "train_prm"]
 
 def split_by_problem(rows: list[StepLabels], heldout_share: float, seed: int) -> tuple[list, list]:
     """(train, held-out) rows; a problem's solutions all go to one side (by ``problem_id`` or the question)."""
-    keys = sorted({r.extra.get("problem_id") or r.question for r in rows})
+
+    def problem(r: StepLabels) -> str:
+        return r.extra.get("problem_id") or r.question
+
+    keys = sorted({problem(r) for r in rows})
     rng = random.Random(seed)
     rng.shuffle(keys)
     n_held = math.ceil(heldout_share * len(keys)) if heldout_share > 0 else 0
     if n_held >= len(keys) and heldout_share > 0:
         raise LabelError(f"{len(keys)} problems cannot be split with prm.heldout_share={heldout_share}: label more")
     held = set(keys[:n_held])
-    train = [r for r in rows if (r.extra.get("problem_id") or r.question) not in held]
-    return train, [r for r in rows if (r.extra.get("problem_id") or r.question) in held]
+    return [r for r in rows if problem(r) not in held], [r for r in rows if problem(r) in held]
 
 
 def load_backbone(name: str, layout: str, step_token: str = "<extra_0>"):
@@ -149,8 +152,9 @@ def train_prm(
             optimizer, lambda s: min((s + 1) / warm, max(0.0, (pc.steps - s) / max(1, pc.steps - warm)))
         )
         start = 0
+        digest = _digest(rows)
         summary: dict = {
-            "labels_digest": _digest(rows),
+            "labels_digest": digest,
             "base_model": str(path),
             "layout": pc.layout,
             "train_rows": len(train_rows),
@@ -164,7 +168,7 @@ def train_prm(
             set_rng_state(ckpt["rng"])
             start = ckpt["iteration"]
             summary = json.loads(ckpt["env"]["summary"])
-            if summary.get("labels_digest") != _digest(rows):
+            if summary.get("labels_digest") != digest:
                 raise LabelError(
                     f"--resume {out}: the step labels differ from the ones this PRM was being trained on; resume "
                     "with the same --labels, or start over with --overwrite"
