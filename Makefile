@@ -51,9 +51,10 @@ bench: $(VLLM_STAMP)
 	$(PY) benchmarks/prm_cost.py
 
 # pure-rl against TRL's GRPOTrainer on the same work (installs the bench extra: trl).
-bench-trl: $(STAMP)
+bench-trl: $(VLLM_STAMP)
 	$(PIP) -e ".[bench]"
-	$(PY) benchmarks/vs_trl.py
+	$(PY) benchmarks/vs_trl.py --backends transformers,vllm
+	$(PY) benchmarks/vs_trl.py --backends vllm --growth --iterations 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

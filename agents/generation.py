@@ -26,11 +26,14 @@ __all__ = ["Generation", "GenerationBackend", "TransformersBackend", "sample_nex
 
 @dataclass
 class Generation:
-    """One generated continuation: its token ids and why it stopped (``"eos"``, ``"stop"`` at the step
-    separator, or ``"length"`` at the token limit)."""
+    """One generated continuation: its token ids, why it stopped (``"eos"``, ``"stop"`` at the step
+    separator, or ``"length"`` at the token limit), and each token's log-probability under the model's own
+    next-token distribution (temperature 1, no top-p: what the loss computes), as the engine sampled it; None
+    when the engine gives none, NaN for a token it did not sample (an EOS added after the engine's own stop)."""
 
     token_ids: list[int]
     finish: str
+    log_probs: list[float] | None = None
 
 
 class GenerationBackend(Protocol):
@@ -127,7 +130,7 @@ class TransformersBackend:
         stop_at_answer: bool = False,
     ) -> list[Generation]:
         n = len(prompts)
-        results = [Generation([], "length") for _ in range(n)]
+        results = [Generation([], "length", []) for _ in range(n)]
         active = [i for i in range(n) if max_new_tokens[i] > 0]
         if not active:
             return results
@@ -154,10 +157,16 @@ class TransformersBackend:
         keep_chars = len(self.separator) - 1
         eos = set(self.eos_token_ids)
         while True:
-            tokens = sample_next(logits, self.temperature, self.top_p, self.generator).tolist()
+            sampled = sample_next(logits, self.temperature, self.top_p, self.generator)
+            # The sampled token's log-probability at temperature 1, as the loss's forward computes it: with one
+            # optimiser step per batch this is the old policy's, and the trainer needs no second pass for it.
+            scores = logits.float()
+            log_probs = scores.gather(-1, sampled[:, None]) - scores.logsumexp(-1, keepdim=True)
+            tokens, log_probs = sampled.tolist(), log_probs.squeeze(-1).tolist()
             keep = []
             for row, (i, tok) in enumerate(zip(active, tokens)):
                 results[i].token_ids.append(tok)
+                results[i].log_probs.append(log_probs[row])
                 text = self._text(tok)
                 window = tails[i] + text
                 step_ended = completes_step(window, self.separator)

@@ -2,7 +2,8 @@
 
 :class:`ReasoningPolicy` reads a :class:`~envs.reasoning_env.ReasoningStepEnv` batch (``prompt``,
 ``response_token_ids``, ``num_tokens``, ``done``) and writes the next step as the env's action
-(``step_text``, ``step_tokens``, ``step_eos``, ``step_token_ids``). It knows nothing about rewards; any
+(``step_text``, ``step_tokens``, ``step_eos``, ``step_token_ids``), with the sampled tokens' log-probabilities
+(``step_log_probs``, which the env passes by and the trainer reads). It knows nothing about rewards; any
 backend that turns token ids into token ids serves (transformers or vLLM).
 """
 
@@ -15,11 +16,17 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 
-from agents.generation import GenerationBackend, TransformersBackend
+from agents.generation import Generation, GenerationBackend, TransformersBackend
 from agents.models import resolve_model_dir
-from envs.ragged import text_stack, token_id_lists, token_ids_stack
+from envs.ragged import log_probs_stack, text_stack, token_id_lists, token_ids_stack
 
-__all__ = ["ReasoningPolicy", "load_model_and_tokenizer", "make_policy", "make_reference_model"]
+__all__ = [
+    "ReasoningPolicy",
+    "generation_log_probs",
+    "load_model_and_tokenizer",
+    "make_policy",
+    "make_reference_model",
+]
 
 
 def _as_lists(value, n: int) -> list:
@@ -29,6 +36,14 @@ def _as_lists(value, n: int) -> list:
     if n == 1 and value and isinstance(value[0], int):
         value = [value]
     return [list(v) for v in value]
+
+
+def generation_log_probs(generation: Generation) -> list[float]:
+    """A generation's per-token log-probs, NaN for each token when its engine gives none (the trainer then
+    computes them in a pass of its own)."""
+    if generation.log_probs is None:
+        return [float("nan")] * len(generation.token_ids)
+    return list(generation.log_probs)
 
 
 class ReasoningPolicy(TensorDictModuleBase):
@@ -54,7 +69,7 @@ class ReasoningPolicy(TensorDictModuleBase):
     ):
         super().__init__()
         self.in_keys = ["prompt", "response_token_ids", "num_tokens", "done"]
-        self.out_keys = ["step_text", "step_tokens", "step_eos", "step_token_ids"]
+        self.out_keys = ["step_text", "step_tokens", "step_eos", "step_token_ids", "step_log_probs"]
         self.backend = backend
         self.tokenizer = backend.tokenizer
         self.max_tokens = max_tokens
@@ -97,13 +112,14 @@ class ReasoningPolicy(TensorDictModuleBase):
         ids = [g.token_ids for g in generations]
         dev = tensordict.device
         tensordict.set("step_token_ids", token_ids_stack(ids, dev))
+        tensordict.set("step_log_probs", log_probs_stack([generation_log_probs(g) for g in generations], dev))
         tensordict.set("step_text", text_stack([self.tokenizer.decode(t, skip_special_tokens=True) for t in ids], dev))
         tensordict.set("step_tokens", torch.tensor([len(t) for t in ids], dtype=torch.int64, device=dev))
         eos = [g.finish == "eos" or done[i] for i, g in enumerate(generations)]
         tensordict.set("step_eos", torch.tensor(eos, dtype=torch.bool, device=dev))
         return tensordict
 
-    def generate_responses(self, tensordict: TensorDictBase, stop_at_answer: bool = False) -> list[list[int]]:
+    def generate_responses(self, tensordict: TensorDictBase, stop_at_answer: bool = False) -> list[Generation]:
         """Whole responses for a freshly reset batch: each stops at EOS or the token budget, or with
         ``stop_at_answer`` (an env with ``end_at_answer``) after the step that writes a ``\\boxed{}`` answer."""
         prompts = tensordict.get("prompt")
@@ -114,7 +130,7 @@ class ReasoningPolicy(TensorDictModuleBase):
             stop_at_step=False,
             stop_at_answer=stop_at_answer,
         )
-        return [g.token_ids for g in gens]
+        return gens
 
     def sync_weights(self) -> None:
         """Make the generation engine use the current weights of :attr:`model` (after an optimiser step)."""

@@ -128,7 +128,9 @@ class VLLMBackend:
                 tokenizer=self.tokenizer,
                 input_mode="tokens",
                 generate=True,
-                return_log_probs=False,
+                # vLLM's default logprobs_mode is raw_logprobs: the model's own distribution before temperature
+                # and top-p, what the loss computes.
+                return_log_probs=True,
                 pad_output=False,
                 inplace=False,
             )
@@ -154,7 +156,7 @@ class VLLMBackend:
         """
         from tensordict import TensorDict, lazy_stack
 
-        results = [Generation([], "length") for _ in prompts]
+        results = [Generation([], "length", []) for _ in prompts]
         todo = [i for i in range(len(prompts)) if max_new_tokens[i] > 0]
         if not todo:
             return results
@@ -168,10 +170,13 @@ class VLLMBackend:
             top_p=self.top_p,
             stop=[self.separator] if stop_at_step else None,
             include_stop_str_in_output=True,
+            logprobs=0,  # the sampled token's only
+            prompt_logprobs=None,  # the wrapper asks for them with log-probs on; they cost a pass over the prompt
         )
         responses = out.get(("tokens", "response"), as_list=True)
+        response_log_probs = out.get(("log_probs", "response"), as_list=True)
         eos = set(self.eos_token_ids)
-        for i, response in zip(todo, responses):
+        for i, response, lp in zip(todo, responses, response_log_probs):
             ids, budget = response.tolist(), int(max_new_tokens[i])
             cut = []
             finish = "length"
@@ -196,7 +201,8 @@ class VLLMBackend:
                         finish = "eos"
             if stop_at_answer and finish != "stop":
                 cut, finish = self._cut_at_answer(cut, finish)
-            results[i] = Generation(cut, finish)
+            log_probs = lp.tolist()[: len(cut)]
+            results[i] = Generation(cut, finish, log_probs + [float("nan")] * (len(cut) - len(log_probs)))
         return results
 
     def _cut_at_answer(self, ids: list[int], finish: str) -> tuple[list[int], str]:

@@ -76,6 +76,7 @@ def main() -> None:
         f"train.samples_per_prompt={args.samples}",
         f"env.max_tokens={args.max_new_tokens}",
         f"policy.temperature={args.temperature}",
+        "policy.backend=transformers",  # the benchmark builds each engine itself
     ]
     cfg = load_config("configs/default.yaml", overrides)
     policy = make_policy(cfg)

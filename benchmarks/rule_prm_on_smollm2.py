@@ -27,7 +27,12 @@ def main() -> None:
 
     cfg = load_config(
         "configs/default.yaml",
-        [f"env.difficulty={args.difficulty}", f"env.max_tokens={args.max_tokens}", "env.max_steps=12"],
+        [
+            f"env.difficulty={args.difficulty}",
+            f"env.max_tokens={args.max_tokens}",
+            "env.max_steps=12",
+            "policy.backend=transformers",
+        ],
     )
     env = make_env(cfg, split="eval", batch_size=args.problems)
     policy = make_policy(cfg)

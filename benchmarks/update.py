@@ -36,7 +36,11 @@ def main() -> None:
     from pure_rl.update import accumulate_gradients, policy_token_batch
     from pure_rl.warmup import warmed_up_model
 
-    overrides = [f"train.prompts_per_iter={args.prompts}", f"train.samples_per_prompt={args.samples}"]
+    overrides = [
+        f"train.prompts_per_iter={args.prompts}",
+        f"train.samples_per_prompt={args.samples}",
+        "policy.backend=transformers",  # the update is what is measured; no engine needed
+    ]
     cfg = load_config("configs/default.yaml", overrides + args.overrides)
     start_model = warmed_up_model(cfg)
     torch.manual_seed(cfg.train.seed)

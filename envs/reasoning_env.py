@@ -17,7 +17,9 @@ Keys (everything is in the specs; ``check_env_specs`` passes):
   step, 0 before), written separately so metrics and estimators can use them apart from ``reward``.
 - action: ``step_text`` (text), ``step_tokens`` ``[B]`` int64, ``step_eos`` ``[B]`` bool, and
   ``step_token_ids`` (optional: the env stores them so the trainer sees the exact sampled tokens; it never
-  tokenizes anything itself).
+  tokenizes anything itself). A policy may also write ``step_log_probs`` (each sampled token's log-probability,
+  ragged float32); the env ignores it and it stays in the trajectory, where the trainer takes the old policy's
+  log-probs from it (``train.old_log_probs``).
 - Token ids (``response_token_ids``, ``step_token_ids``) are ragged, so each row holds a 1-D int64 tensor
   (:mod:`envs.ragged`).
 - reward ``[B, 1]``; done / terminated (the step ended with EOS, or wrote the answer with ``end_at_answer``) /

@@ -151,7 +151,12 @@ class PolicyConfig:
         "(built offline for tests), or an HF model folder / hub name",
         check=lambda v: _model_exists(v),
     )
-    backend: str = opt("transformers", "generation engine", choices=("transformers", "vllm"))
+    backend: str = opt(
+        "transformers",
+        "generation engine: transformers, vllm, or auto (vllm when it is installed, else transformers; the choice is "
+        "made when the config loads, printed by train, and saved in the run's config, so a resume keeps it)",
+        choices=("transformers", "vllm", "auto"),
+    )
     rollout_mode: str = opt(
         "step",
         "generate one step per env step, or whole responses then segment (same result)",
@@ -371,6 +376,14 @@ class TrainConfig:
         check=non_negative,
         allowed=">= 0",
     )
+    old_log_probs: str = opt(
+        "generation",
+        "where the sampling policy's log-probs for the k1 KL in the reward come from when a batch gets one "
+        "optimiser step: 'generation' (the rollout's own, no extra pass; equal to a recompute up to the numerics "
+        "of cached decoding or vLLM's kernels) or 'recompute' (a no-grad forward pass, the reference code's way); "
+        "several steps per batch always recompute",
+        choices=("generation", "recompute"),
+    )
     shared_prompt_pass: bool = opt(
         True,
         "log-prob passes run each group's shared prompt once (false: whole sequences, the old-policy and "
@@ -380,9 +393,20 @@ class TrainConfig:
     seed: int = opt(0, "random seed", check=non_negative, allowed=">= 0")
     checkpoint_every: int = opt(10, "iterations between checkpoints", check=positive, allowed="> 0")
     eval_every: int = opt(
-        10, "iterations between held-out greedy evaluations (0: never)", check=non_negative, allowed=">= 0"
+        10,
+        "iterations between held-out evaluations, greedy, also before the first update (0: never)",
+        check=non_negative,
+        allowed=">= 0",
     )
     eval_prompts: int = opt(32, "held-out prompts per evaluation", check=positive, allowed="> 0")
+    eval_samples: int = opt(
+        0,
+        "held-out evaluations also sample this many responses per prompt at the policy's temperature "
+        "(eval_sampled_accuracy, eval_sampled_pass_at_n: what training optimises; greedy accuracy may not move); "
+        "0: greedy only",
+        check=non_negative,
+        allowed=">= 0",
+    )
 
 
 @dataclass
@@ -655,6 +679,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         raise ConfigError(str(e)) from e
     cfg = _build(RunConfig, data, "")
     _apply_reference_exact(cfg, data.get("algo") or {})
+    if cfg.policy.backend == "auto":
+        cfg.policy.backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
     _cross_checks(cfg)
     return cfg
 

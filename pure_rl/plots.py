@@ -15,6 +15,7 @@ __all__ = ["PLOTTED", "plot_run", "read_metrics", "smooth", "truncate_metrics"]
 PLOTTED = [
     ("accuracy", "verifier accuracy"),
     ("eval_accuracy", "held-out greedy accuracy"),
+    ("eval_sampled_accuracy", "held-out sampled accuracy"),
     ("prm_reward_mean", "PRM reward (mean step)"),
     ("prm_reward_min", "PRM reward (min step)"),
     ("steps_per_response", "steps per response"),

@@ -15,13 +15,15 @@ interruptor ends the batch once every episode is done. :func:`collect` runs the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 
-from envs.ragged import text_stack, token_ids_stack
+from agents.policy import generation_log_probs
+from envs.ragged import log_probs_stack, text_stack, token_ids_stack
 from envs.steps import split_token_steps
 
 __all__ = [
@@ -40,7 +42,8 @@ class ResponseScript:
     (the rule a step-by-step policy stops by), written as the env's action one step per call: a policy for
     ``ReasoningStepEnv.rollout`` or a TorchRL collector. Row ``i`` gets its step number ``step_count[i]``;
     finished rows, and rows past their last step, get an empty step (the env ignores it), as a policy writes.
-    :meth:`set_rows` replaces some rows' responses (a collector's restarted groups).
+    :meth:`set_rows` replaces some rows' responses (a collector's restarted groups). Each step's tokens'
+    generation log-probs go with it (``step_log_probs``; NaN where none were given).
     """
 
     def __init__(
@@ -58,27 +61,39 @@ class ResponseScript:
         n = len(responses)
         self.responses: list[list[int]] = [[] for _ in range(n)]
         self.steps: list[list[list[int]]] = [[] for _ in range(n)]
+        self.step_log_probs: list[list[list[float]]] = [[] for _ in range(n)]
         self.texts: list[list[str]] = [[] for _ in range(n)]
         self.set_rows(range(n), responses)
 
-    def set_rows(self, rows: Sequence[int], responses: Sequence[Sequence[int]]) -> None:
-        """Give rows ``rows`` the responses ``responses`` (split into steps here)."""
-        for i, response in zip(rows, responses):
+    def set_rows(
+        self,
+        rows: Sequence[int],
+        responses: Sequence[Sequence[int]],
+        log_probs: Sequence[Sequence[float]] | None = None,
+    ) -> None:
+        """Give rows ``rows`` the responses ``responses`` (split into steps here), and optionally their tokens'
+        generation log-probs ``log_probs`` (one per response token)."""
+        for j, (i, response) in enumerate(zip(rows, responses)):
             steps = split_token_steps(list(response), self.tokenizer, self.separator, self.eos_token_ids)
             texts = [self.tokenizer.decode(s, skip_special_tokens=True) for s in steps]
             self.responses[i], self.steps[i], self.texts[i] = list(response), steps, texts
+            # Steps concatenate to the response (up to its first EOS): each takes the next len(step) log-probs.
+            row = list(log_probs[j]) if log_probs is not None else [float("nan")] * len(response)
+            ends = itertools.accumulate(len(step) for step in steps)
+            self.step_log_probs[i] = [row[end - len(step) : end] for step, end in zip(steps, ends)]
 
     def __call__(self, td: TensorDictBase) -> TensorDictBase:
         b = td.batch_size[0]
         done = td.get("done", None)
         done = [False] * b if done is None else done.reshape(b).tolist()
-        step_text, step_tokens, step_eos, step_ids = [], [], [], []
+        step_text, step_tokens, step_eos, step_ids, step_log_probs = [], [], [], [], []
         for i, k in enumerate(td.get("step_count").reshape(b).tolist()):
             steps = self.steps[i]
             if k < len(steps) and not done[i]:
                 step_text.append(self.texts[i][k])
                 step_tokens.append(len(steps[k]))
                 step_ids.append(steps[k])
+                step_log_probs.append(self.step_log_probs[i][k])
                 # The last step ends the response: by EOS, or (shorter than the token budget) because the
                 # response simply stops there; a response cut by the budget is left to truncate.
                 last = k == len(steps) - 1
@@ -87,11 +102,13 @@ class ResponseScript:
                 step_text.append("")
                 step_tokens.append(0)
                 step_ids.append([])
+                step_log_probs.append([])
                 step_eos.append(True)
         td.set("step_text", text_stack(step_text, td.device))
         td.set("step_tokens", torch.tensor(step_tokens, dtype=torch.int64, device=td.device))
         td.set("step_eos", torch.tensor(step_eos, dtype=torch.bool, device=td.device))
         td.set("step_token_ids", token_ids_stack(step_ids, td.device))
+        td.set("step_log_probs", log_probs_stack(step_log_probs, td.device))
         return td
 
 
@@ -147,7 +164,10 @@ class WholeResponseActor(TensorDictModuleBase):
         fresh = [i for i, (k, d) in enumerate(zip(steps, done)) if k == 0 and not d]
         if fresh:
             rows = td if len(fresh) == len(steps) else td[fresh]
-            self.script.set_rows(fresh, self.policy.generate_responses(rows, self.stop_at_answer))
+            generations = self.policy.generate_responses(rows, self.stop_at_answer)
+            self.script.set_rows(
+                fresh, [g.token_ids for g in generations], [generation_log_probs(g) for g in generations]
+            )
             if self.plan_responses is not None:
                 self.plan_responses(fresh, [self.script.texts[i] for i in fresh], [self.script.steps[i] for i in fresh])
         return self.script(td)

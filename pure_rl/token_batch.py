@@ -49,12 +49,17 @@ def build_token_batch(
         ``input_ids``, ``attention_mask``, ``response_mask`` (response tokens), ``advantage_mask`` (response
         tokens that carry an advantage), ``boundary_mask`` (the token that ends a step at the separator, and
         EOS), ``step_index`` (the step of each response token, -1 elsewhere),
-        ``prompt_length`` ``[B]``.
+        ``prompt_length`` ``[B]``; and, when the policy wrote ``step_log_probs``, ``sample_log_prob``: each
+        response token's log-probability as generation sampled it (0 on prompt and padding, NaN where unknown:
+        a step whose log-probs do not match its tokens, or the EOS that ``eos_on_truncation`` puts in).
     """
     b, k = traj.shape
     valid = valid_step_mask(traj)
     prompts = traj.get("prompt").tolist()
     step_ids = token_id_lists(traj.get("step_token_ids"))
+    step_log_probs = traj.get("step_log_probs", None)
+    step_log_probs = None if step_log_probs is None else token_id_lists(step_log_probs)
+    nan = float("nan")
     eos = set(eos_token_ids)
     truncated = traj.get(("next", "truncated")).reshape(b, k)
     truncated = truncated.gather(-1, (valid.sum(-1, keepdim=True) - 1).clamp(min=0)).squeeze(-1)
@@ -63,10 +68,13 @@ def build_token_batch(
         ids = list(prompt_ids(prompts[i][0]))
         p_len = len(ids)
         step_of, carries, boundary = [-1] * p_len, [False] * p_len, [False] * p_len
+        sampled = [0.0] * p_len
         for s in range(k):
             if not valid[i, s]:
                 break
             toks = step_ids[i][s]
+            lp = step_log_probs[i][s] if step_log_probs is not None else []
+            sampled.extend(lp if len(lp) == len(toks) else [nan] * len(toks))
             ends_at_boundary = bool(toks) and (toks[-1] in eos or separator_check(toks))
             for j, t in enumerate(toks):
                 ids.append(t)
@@ -78,7 +86,8 @@ def build_token_batch(
             ids[-1] = eos_token_ids[0]
             boundary[-1] = True
             carries[-1] = not mask_separator_tokens
-        rows.append((ids, p_len, step_of, carries, boundary))
+            sampled[-1] = nan  # not the token that was sampled there
+        rows.append((ids, p_len, step_of, carries, boundary, sampled))
     width = max(len(r[0]) for r in rows)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
     attention = torch.zeros((b, width), dtype=torch.long)
@@ -87,7 +96,8 @@ def build_token_batch(
     boundary_t = torch.zeros((b, width), dtype=torch.bool)
     step_index = torch.full((b, width), -1, dtype=torch.long)
     prompt_length = torch.zeros(b, dtype=torch.long)
-    for i, (ids, p_len, step_of, carries, boundary) in enumerate(rows):
+    sample_log_prob = torch.zeros((b, width), dtype=torch.float32)
+    for i, (ids, p_len, step_of, carries, boundary, sampled) in enumerate(rows):
         n = len(ids)
         input_ids[i, :n] = torch.tensor(ids)
         attention[i, :n] = 1
@@ -96,7 +106,8 @@ def build_token_batch(
         boundary_t[i, :n] = torch.tensor(boundary)
         step_index[i, :n] = torch.tensor(step_of)
         prompt_length[i] = p_len
-    return TensorDict(
+        sample_log_prob[i, :n] = torch.tensor(sampled)
+    out = TensorDict(
         {
             "input_ids": input_ids,
             "attention_mask": attention,
@@ -108,6 +119,9 @@ def build_token_batch(
         },
         batch_size=[b],
     )
+    if step_log_probs is not None:
+        out["sample_log_prob"] = sample_log_prob
+    return out
 
 
 def token_advantages(step_advantage: torch.Tensor, tokens: TensorDictBase) -> torch.Tensor:

@@ -178,7 +178,6 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     from agents.lora import AdaptersDisabled, adapter_state, apply_lora, load_adapter_state
     from envs import make_env
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-    from pure_rl.evaluate import evaluate
     from pure_rl.loggers import make_loggers
     from pure_rl.metrics import boundary_probabilities, rollout_metrics, separator_token_ids, token_metrics
     from pure_rl.objectives.loss import StepTokenPPOLoss
@@ -209,6 +208,17 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         env = make_env(cfg, prm=prm, verifier=verifier)
     if eval_env is None and cfg.train.eval_every:
         eval_env = make_env(cfg, split="eval", prm=env.prm, verifier=env.verifier)
+    sampled_eval_env = None
+    if eval_env is not None and cfg.train.eval_samples:
+        n = cfg.train.eval_samples
+        sampled_eval_env = make_env(
+            cfg,
+            split="eval",
+            batch_size=eval_env.batch_size[0] * n,
+            group_size=n,
+            prm=env.prm,
+            verifier=env.verifier,
+        )
     for warning in precision_warnings(cfg):
         print(f"warning: {warning}")
     policy = make_policy(cfg, model_name=start_model)
@@ -318,6 +328,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     progress = tqdm(
         range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations, desc="train", dynamic_ncols=True
     )
+    if eval_env is not None and start == 0:
+        # Before the first update: the baseline the run's later evaluations compare with.
+        for name, value in held_out_metrics(eval_env, sampled_eval_env, policy, sampler, 0).items():
+            loggers.log_scalar(name, value, 0)
     for iteration in progress:
         step = iteration + 1
         # 1. Rollout: the policy writes steps, the env scores them (PRM) and the final answer (verifier).
@@ -358,7 +372,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             tokens_per_s=generated / max(rollout_s, 1e-9),
         )
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.iterations):
-            metrics.update(evaluate(eval_env, policy))
+            metrics.update(held_out_metrics(eval_env, sampled_eval_env, policy, sampler, step))
         for name, value in metrics.items():
             loggers.log_scalar(name, value, step)
         history.append({"iteration": step, **metrics})
@@ -396,6 +410,30 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     return summary
 
 
+def held_out_metrics(eval_env, sampled_env, policy, sampler: torch.Generator | None, step: int) -> dict:
+    """Greedy held-out metrics (``eval_*``), and sampled ones (``eval_sampled_*``) when ``sampled_env`` is given,
+    printed on one line. Sampling here leaves the training sampler's state as it found it, so evaluating does not
+    change what training draws (the transformers backend; vLLM's engine has one generator for both)."""
+    from tqdm import tqdm
+
+    from pure_rl.evaluate import evaluate
+
+    metrics = evaluate(eval_env, policy)
+    line = f"held-out at iteration {step}: greedy accuracy {metrics['eval_accuracy']:.3f}"
+    if sampled_env is not None:
+        state = sampler.get_state() if sampler is not None else None
+        metrics.update(evaluate(sampled_env, policy, sampled=True))
+        if state is not None:
+            sampler.set_state(state)
+        n = sampled_env.group_size
+        line += (
+            f", sampled accuracy {metrics['eval_sampled_accuracy']:.3f} and pass@{n} "
+            f"{metrics.get('eval_sampled_pass_at_n', float('nan')):.3f} ({n} samples per problem)"
+        )
+    tqdm.write(f"{line} ({eval_env.batch_size[0]} problems)")
+    return metrics
+
+
 def log_probs_with_entropy(model, tokens, with_entropy: bool, *, shared_prompt_pass: bool):
     """The loss's forward pass (``StepTokenPPOLoss.log_prob_fn``): :func:`agents.log_probs.sequence_log_probs`."""
     from agents.log_probs import sequence_log_probs
@@ -428,9 +466,9 @@ def summarize(history: list[dict], cfg: RunConfig, run_dir: Path) -> dict:
         return {"first": values[0], "last": values[-1], "best": max(values), **ends}
 
     timing = {
-        k: float(np.mean([h[k] for h in history]))
+        k: float(np.mean([h[k] for h in history if k in h]))
         for k in ("rollout_s", "reward_s", "update_s", "sync_s", "tokens_per_s")
-        if history and k in history[0]
+        if any(k in h for h in history)
     }
     return {
         "run_dir": str(run_dir),
@@ -440,6 +478,7 @@ def summarize(history: list[dict], cfg: RunConfig, run_dir: Path) -> dict:
         "reward_mode": cfg.env.reward_mode,
         "accuracy": first_last("accuracy"),
         "eval_accuracy": first_last("eval_accuracy"),
+        "eval_sampled_accuracy": first_last("eval_sampled_accuracy"),
         "steps_per_response": first_last("steps_per_response"),
         "response_tokens": first_last("response_tokens"),
         "prm_reward_mean": first_last("prm_reward_mean"),
@@ -449,7 +488,8 @@ def summarize(history: list[dict], cfg: RunConfig, run_dir: Path) -> dict:
 
 def format_summary(summary: dict) -> str:
     lines = [f"\nsummary ({summary['iterations']} iterations, {summary['estimator']}, {summary['reward_mode']}):"]
-    for key in ("accuracy", "eval_accuracy", "steps_per_response", "response_tokens", "prm_reward_mean"):
+    keys = ("accuracy", "eval_accuracy", "eval_sampled_accuracy", "steps_per_response", "response_tokens")
+    for key in (*keys, "prm_reward_mean"):
         v = summary.get(key) or {}
         if v:
             lines.append(

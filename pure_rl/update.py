@@ -134,6 +134,16 @@ def policy_token_batch(traj: TensorDictBase, policy, cfg) -> TensorDict:
     )
 
 
+def sampled_log_probs(tokens: TensorDict) -> torch.Tensor | None:
+    """The response tokens' log-probs as the rollout sampled them (``sample_log_prob`` ``[B, T]``, 0 elsewhere),
+    or None when the batch lacks them for any response token (a backend without them, the EOS that
+    ``eos_on_truncation`` puts in): then the trainer's own pass computes them all."""
+    sampled = tokens.get("sample_log_prob", None)
+    if sampled is None or torch.isnan(sampled[tokens["response_mask"]]).any():
+        return None
+    return sampled * tokens["response_mask"]
+
+
 def add_credit(
     traj: TensorDictBase,
     tokens: TensorDict,
@@ -143,7 +153,8 @@ def add_credit(
     cfg,
     tokenizer=None,
 ) -> None:
-    """Old-policy and reference log-probs (when the KL or several epochs need them), the k1 KL penalty, then
+    """Old-policy and reference log-probs (when the KL or several epochs need them; with one optimiser step and
+    ``train.old_log_probs=generation`` the old ones are the rollout's), the k1 KL penalty, then
     ``estimator(traj)`` (``advantage``, ``value_target`` ``[B, K, 1]``) and the tokens' ``advantage`` ``[B, T]``.
     Writes into ``traj`` and ``tokens``.
 
@@ -158,7 +169,10 @@ def add_credit(
     )
     # After the first optimiser step the policy is no longer the one that sampled: the ratio needs the old one.
     several_steps = optimizer_steps_per_batch(cfg, tokens.shape[0]) > 1
-    if several_steps or reference is not None:
+    old = None
+    if reference is not None and not several_steps and cfg.train.old_log_probs == "generation":
+        old = sampled_log_probs(tokens)
+    if several_steps or (reference is not None and old is None):
         with autocast(cfg):
             old = batch_log_probs(model, tokens, **passes)
         if several_steps:

@@ -253,3 +253,39 @@ def test_shared_prompt_log_probs_equal_the_full_pass_with_gradients(warm_tiny_pa
     for a, b in zip(shared_grads, full_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in shared_grads)
+
+
+@pytest.mark.parametrize("mode", ["step", "response"])
+def test_generation_log_probs_equal_the_trainers_own_pass(greedy_cfg, mode):
+    # The rollout's per-token log-probs (temperature 1, whatever the sampling temperature) are what the old-policy
+    # pass would compute on the same tokens; a misaligned or temperature-scaled one would be off by far more.
+    from agents.log_probs import batch_log_probs
+    from pure_rl.update import policy_token_batch, sampled_log_probs
+
+    cfg = greedy_cfg("policy.temperature=0.7")
+    env, policy = make_env(cfg), make_policy(cfg)
+    traj = collect(env, policy, mode)
+    tokens = policy_token_batch(traj, policy, cfg)
+    sampled = sampled_log_probs(tokens)
+    assert sampled is not None
+    recomputed = batch_log_probs(policy.model, tokens, micro_batch_size=4)
+    mask = tokens["response_mask"]
+    assert mask.sum() > 20
+    torch.testing.assert_close(sampled[mask], recomputed[mask], atol=1e-4, rtol=0)
+    assert (sampled[~mask] == 0).all()
+
+
+def test_generation_log_probs_missing_for_a_replaced_token(greedy_cfg):
+    # eos_on_truncation writes an EOS that was not sampled: the batch has no sampled log-prob for it, so the
+    # trainer must recompute (sampled_log_probs gives None) instead of using the replaced token's.
+    from pure_rl.update import policy_token_batch, sampled_log_probs
+
+    cfg = greedy_cfg("env.max_tokens=12", "algo.eos_on_truncation=true")
+    env, policy = make_env(cfg), make_policy(cfg)
+    traj = collect(env, policy, "response")
+    assert traj.get(("next", "truncated")).any()
+    tokens = policy_token_batch(traj, policy, cfg)
+    assert torch.isnan(tokens["sample_log_prob"]).any()
+    assert sampled_log_probs(tokens) is None
+    tokens = policy_token_batch(traj, policy, greedy_cfg("env.max_tokens=12"))
+    assert sampled_log_probs(tokens) is not None

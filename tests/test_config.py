@@ -156,3 +156,20 @@ def test_ablation_configs_differ_from_the_default_in_one_key(name, difference):
     ablation = flat_config(load_config(CONFIGS / f"{name}.yaml"))
     changed = {key: value for key, value in ablation.items() if default[key] != value and key != "log.name"}
     assert changed == difference
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_auto_backend_is_vllm_exactly_when_it_is_installed(monkeypatch, installed):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (real("json") if installed else None) if name == "vllm" else real(name, *a),
+    )
+    cfg = load_config(CONFIGS / "default.yaml")
+    assert cfg.policy.backend == ("vllm" if installed else "transformers")
+    # Resolved when the config loads, so a run's saved config names the engine it used, and its resume keeps it.
+    assert load_config(CONFIGS / "tiny.yaml", ["policy.backend=auto"]).policy.backend == cfg.policy.backend
+    assert load_config(CONFIGS / "tiny.yaml").policy.backend == "transformers"

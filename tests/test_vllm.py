@@ -88,6 +88,26 @@ def test_vllm_greedy_equals_transformers_greedy(vllm_policy, monkeypatch):
     assert [g.finish for g in got] == [r.finish for r in ref] and "stop" in [r.finish for r in ref]
 
 
+def test_vllm_log_probs_are_the_models_own_at_temperature_one(vllm_policy, monkeypatch):
+    # Sampled at temperature 2, the engine's log-probs must still be the unscaled model's (vLLM's raw_logprobs),
+    # token for token: what the trainer's pass computes and uses in their place.
+    from agents.log_probs import token_log_probs
+
+    cfg, policy = vllm_policy
+    monkeypatch.setattr(policy.backend, "temperature", 2.0)
+    prompt = policy.prompt_ids(cfg.env.prompt_template.format(question="Ann has 9 coins. She loses 2. How many?"))
+    gens = policy.backend.generate([prompt, prompt], [40, 40], stop_at_step=False)
+    for g in gens:
+        assert len(g.log_probs) == len(g.token_ids) > 5
+        ids = torch.tensor([prompt + g.token_ids])
+        with torch.no_grad():
+            ours = token_log_probs(policy.model, ids, torch.ones_like(ids))[0][0, len(prompt) :]
+        engine = torch.tensor(g.log_probs)
+        finite = ~torch.isnan(engine)
+        assert finite[:-1].all()  # only an EOS the engine did not echo can lack one
+        torch.testing.assert_close(engine[finite], ours[finite], atol=2e-3, rtol=0)
+
+
 def test_vllm_weight_sync_makes_the_engine_follow_the_trained_model(vllm_policy):
     from agents.generation import TransformersBackend
 
