@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.rollout import matmul_flops  # noqa: E402 (the same roofline as the rollout benchmark)
 
 SAMPLES, TEMPERATURE, BETA, LR = 4, 0.7, 0.001, 3e-6
+TRL_MICRO_BATCH = 16  # completions per TRL loss pass (pure-rl's default config: micro-batches of 8)
 
 
 @dataclass(frozen=True)
@@ -152,15 +153,18 @@ def trl_worker(iterations: int, out: Path, work: Work) -> None:
     def reward(completions, answer, **_):
         return [float(verifier.verify(c[0]["content"], a)) for c, a in zip(completions, answer)]
 
+    accumulation = max(1, work.completions // TRL_MICRO_BATCH)
     path = resolve_model_dir(cfg.policy.model)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     args = GRPOConfig(
         output_dir=str(out / "trl_out"),
-        per_device_train_batch_size=work.completions,
+        # One generation and one optimiser step per iteration, as pure-rl; loss micro-batches of at most 16
+        # completions (64 at once ran out of this machine's 24 GB).
+        per_device_train_batch_size=min(work.completions, TRL_MICRO_BATCH),
         num_generations=SAMPLES,
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation,
         num_iterations=1,
         max_completion_length=work.max_new,
         temperature=TEMPERATURE,
@@ -313,30 +317,36 @@ def side_by_side(programs, args, tmp: Path) -> dict:
 
 def growth(programs, args, tmp: Path) -> dict:
     """Iteration time against completions per iteration and against the token budget (:data:`GROWTH`), every
-    program on each work in turn; a table, and a plot at ``--plot``."""
+    program on each work in turn; each cell printed as it completes (a run that fails is recorded as such), then
+    a table, and a plot at ``--plot``."""
     table: dict[str, dict[Work, dict]] = {name: {} for name, _ in programs}
     for work in GROWTH:
         for name, fn in programs:
             t0 = time.perf_counter()
-            rows = fn(args.iterations, args.threads, tmp, work)
-            table[name][work] = medians(rows[1:] or rows)
+            try:
+                rows = fn(args.iterations, args.threads, tmp, work)
+            except subprocess.CalledProcessError as e:
+                print(f"{name}, {work.completions} x {work.max_new}: failed ({e})", flush=True)
+                continue
+            cell = table[name][work] = medians(rows[1:] or rows)
             print(
                 f"{name}, {work.completions} x {work.max_new}: {len(rows)} iterations in "
-                f"{time.perf_counter() - t0:.0f}s",
+                f"{time.perf_counter() - t0:.0f}s; " + ", ".join(f"{k} {v:.1f}" for k, v in cell.items()),
                 flush=True,
             )
     names = list(table)
     kept = f"{args.iterations - 1} iteration(s), the first of each run dropped" if args.iterations > 1 else "one run"
-    print(f"\nmedians of {kept} per cell")
-    print("| completions | max new tokens | " + " | ".join(f"{n} s (tokens)" for n in names) + " | TRL / pure-rl |")
+    print(f"\nmedians of {kept} per cell; s per iteration (response tokens)")
+    print("| completions | max new tokens | " + " | ".join(names) + " | TRL / fastest pure-rl |")
     print("| --- | --- | " + " | ".join("---" for _ in names) + " | --- |")
     for work in GROWTH:
-        cells = [f"{table[n][work]['total']:.1f} ({table[n][work]['response_tokens']:.0f})" for n in names]
-        fastest = min(table[n][work]["total"] for n in names if n != "TRL")
-        print(
-            f"| {work.completions} | {work.max_new} | " + " | ".join(cells) + f" | "
-            f"{table['TRL'][work]['total'] / fastest:.2f}x |"
-        )
+        cells = [
+            f"{table[n][work]['total']:.1f} ({table[n][work]['response_tokens']:.0f})" if work in table[n] else "failed"
+            for n in names
+        ]
+        ours = [table[n][work]["total"] for n in names if n != "TRL" and work in table[n]]
+        ratio = f"{table['TRL'][work]['total'] / min(ours):.2f}x" if ours and work in table["TRL"] else "-"
+        print(f"| {work.completions} | {work.max_new} | " + " | ".join(cells) + f" | {ratio} |")
     if args.plot:
         plot_growth(table, Path(args.plot))
         print(f"plot: {args.plot}")

@@ -10,7 +10,8 @@ Guarantees:
   says what is wrong and falls back to the previous checkpoint (``checkpoint.prev.pt``, kept at every save), or
   stops when that one is damaged too.
 - **Atomic.** A checkpoint is written to a temporary file, synced, then renamed, and the previous one is kept,
-  so a run killed while saving, or a write that fails (a full disk), always leaves a loadable checkpoint.
+  so a run killed while saving, or a write that fails (a full disk), always leaves a loadable checkpoint (a kill
+  between the renames that rotate the previous pair included: a file matching either record is accepted).
 """
 
 from __future__ import annotations
@@ -150,22 +151,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verified(path: Path) -> str | None:
-    """None if ``path`` matches its ``.json`` digest, else what is wrong."""
+def _verified(path: Path, other_record: Path | None = None) -> str | None:
+    """None if ``path`` matches the digest of its ``.json`` record, or of ``other_record``, else what is wrong.
+
+    A save renames the current pair to the previous one file by file: killed between the two renames, the
+    previous data file sits beside the older record, and its own record is still the current one's. The other
+    record is how that checkpoint is still recognised."""
     meta_path = _meta_path(path)
     if not path.is_file():
         return f"{path} does not exist"
-    if not meta_path.is_file():
+    records = [m for m in (meta_path, other_record) if m is not None and m.is_file()]
+    if not records:
         return f"{path} has no {meta_path.name} beside it (written by an older pure-rl, or the save was cut short)"
-    try:
-        meta = json.loads(meta_path.read_text())
-        expected = meta["sha256"]
-    except (ValueError, KeyError, TypeError):
-        return f"{meta_path} is not a checkpoint record"
+    expected = []
+    for record in records:
+        try:
+            expected.append(json.loads(record.read_text())["sha256"])
+        except (ValueError, KeyError, TypeError):
+            expected.append(None)
+    if all(e is None for e in expected):
+        return f"{records[0]} is not a checkpoint record"
     digest = _sha256(path)
-    if digest != expected:
-        return f"{path} is damaged: its SHA-256 {digest[:12]}... does not match {expected[:12]}... in {meta_path.name}"
-    return None
+    if digest in expected:
+        return None
+    first = next(e for e in expected if e is not None)
+    return f"{path} is damaged: its SHA-256 {digest[:12]}... does not match {first[:12]}... in {records[0].name}"
 
 
 def _read(path: Path) -> dict:
@@ -212,7 +222,7 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     problem = _verified(path)
     if problem is None:
         return _read(path)
-    fallback = _verified(previous)
+    fallback = _verified(previous, other_record=_meta_path(path))
     if fallback is not None:
         raise CheckpointError(
             f"{problem}; the previous checkpoint is not usable either ({fallback}). Start a new run (--overwrite), "

@@ -393,10 +393,12 @@ class TrainConfig:
     seed: int = opt(0, "random seed", check=non_negative, allowed=">= 0")
     checkpoint_every: int = opt(10, "iterations between checkpoints", check=positive, allowed="> 0")
     eval_every: int = opt(
-        10,
-        "iterations between held-out evaluations, greedy, also before the first update (0: never)",
-        check=non_negative,
-        allowed=">= 0",
+        10, "iterations between held-out evaluations, greedy (0: never)", check=non_negative, allowed=">= 0"
+    )
+    eval_at_start: bool = opt(
+        False,
+        "also evaluate before the first update (logged at iteration 0, a row with the eval_* metrics only): the "
+        "baseline the later evaluations compare with",
     )
     eval_prompts: int = opt(32, "held-out prompts per evaluation", check=positive, allowed="> 0")
     eval_samples: int = opt(

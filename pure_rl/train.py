@@ -328,7 +328,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     progress = tqdm(
         range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations, desc="train", dynamic_ncols=True
     )
-    if eval_env is not None and start == 0:
+    if eval_env is not None and cfg.train.eval_at_start and start == 0:
         # Before the first update: the baseline the run's later evaluations compare with.
         for name, value in held_out_metrics(eval_env, sampled_eval_env, policy, sampler, 0).items():
             loggers.log_scalar(name, value, 0)

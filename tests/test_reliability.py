@@ -183,3 +183,14 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_one_and_stops_the_run(
     assert not list(run_dir.glob("*.tmp"))
     resume(run_dir)  # the failed run released its lock
     assert load_checkpoint(run_dir)["iteration"] == 3
+
+
+def test_a_kill_between_the_renames_of_a_save_leaves_the_last_checkpoint_loadable(tmp_path):
+    # A save moves checkpoint.pt to checkpoint.prev.pt, then checkpoint.json to checkpoint.prev.json. Killed in
+    # between, the last checkpoint is prev.pt while its record is still checkpoint.json: it must still load.
+    run_dir = tmp_path / "run"
+    train(run_dir)  # checkpoints after iterations 1 (prev) and 2 (current)
+    os.replace(run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt")
+    assert load_checkpoint(run_dir)["iteration"] == 2
+    resume(run_dir, "train.iterations=3")
+    assert iterations(run_dir) == [1.0, 2.0, 3.0]

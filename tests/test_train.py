@@ -78,9 +78,13 @@ def test_two_iterations_train_and_write_artefacts(tmp_path, warm_tiny_path, over
 
 
 def test_eval_metrics_logged(tmp_path, warm_tiny_path):
-    run_dir, _ = run(tmp_path, f"policy.model={warm_tiny_path}", "train.eval_every=1", "train.eval_prompts=3")
+    settings = (f"policy.model={warm_tiny_path}", "train.eval_every=1", "train.eval_prompts=3")
+    rows = read_metrics(run(tmp_path, *settings, name="plain")[0] / "logs" / "scalars")
+    assert [r["iteration"] for r in rows] == [1.0, 2.0]
+    run_dir, summary = run(tmp_path, *settings, "train.eval_at_start=true")
     rows = read_metrics(run_dir / "logs" / "scalars")
     assert [r["iteration"] for r in rows] == [0.0, 1.0, 2.0]  # a held-out baseline before the first update
+    assert summary["eval_accuracy"]["first"] == rows[0]["eval_accuracy"] and summary["seconds_per_iteration"]
     assert all("eval_accuracy" in r and "eval_steps_per_response" in r for r in rows)
     assert "loss" not in rows[0] and "eval_sampled_accuracy" not in rows[0]
 
@@ -88,9 +92,9 @@ def test_eval_metrics_logged(tmp_path, warm_tiny_path):
 def test_sampled_evaluation_is_logged_and_leaves_training_as_it_was(tmp_path, warm_tiny_path):
     # The sampled evaluation draws from the policy's sampler; it must hand it back as it found it, or evaluating
     # would change what the run trains on.
-    model, every = f"policy.model={warm_tiny_path}", "train.eval_every=1"
-    plain_dir, _ = run(tmp_path, model, every, "train.eval_prompts=3", name="plain")
-    sampled_dir, summary = run(tmp_path, model, every, "train.eval_prompts=3", "train.eval_samples=2", name="sampled")
+    model, every = f"policy.model={warm_tiny_path}", "train.eval_every=1 train.eval_at_start=true".split()
+    plain_dir, _ = run(tmp_path, model, *every, "train.eval_prompts=3", name="plain")
+    sampled_dir, summary = run(tmp_path, model, *every, "train.eval_prompts=3", "train.eval_samples=2", name="sampled")
     plain, sampled = (read_metrics(d / "logs" / "scalars") for d in (plain_dir, sampled_dir))
     assert all("eval_sampled_accuracy" in r and "eval_sampled_pass_at_n" in r for r in sampled)
     assert summary["eval_sampled_accuracy"]["first"] == sampled[0]["eval_sampled_accuracy"]
