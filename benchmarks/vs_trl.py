@@ -19,8 +19,8 @@ What cannot be made equal, and how each is counted:
 - pure-rl splits responses into steps (the env's work, counted in its rollout time); TRL does not.
 
 Phases: ``gen`` generation; ``score`` the rest of TRL's generate-and-score (reward, reference pass) / pure-rl's
-env (PRM-free: the verifier); ``update`` everything after the rollout (pure-rl: old, reference and loss passes and
-the optimiser step; TRL: loss forward, backward and the optimiser step).
+env (PRM-free: the verifier); ``update`` everything after the rollout (pure-rl: reference and loss passes, the
+optimiser step and the weight sync; TRL: loss forward, backward and the optimiser step).
 
 ``--growth`` instead times one run of each program per work of :data:`GROWTH` (16, 32, 64 completions at 128
 tokens; 64, 128, 256 tokens at 16 completions) and plots iteration seconds against both.
