@@ -1,8 +1,8 @@
 """Does the RL loop learn what a verifiable reward asks for? ``python benchmarks/learnability.py [--quick]``.
 
 Each (task, model size) is a sweep (:mod:`pure_rl.experiments.sweep`) of VR-only runs of
-``configs/sweeps/learnability_run.yaml`` over seeds, all from one tiny model warmed up the same way on the task's
-reference solutions. Tasks, from certain to hard:
+``configs/sweeps/learnability_run.yaml`` over seeds, all from one tiny model warmed up on the task's reference
+solutions (the task's steps for every size; the lr falls with width, ``SIZES``). Tasks, from certain to hard:
 
 - ``answer_format``: "Repeat the number 0."; 70% of the warm-up's solutions leave the answer unboxed, which the
   verifier does not read, so the warmed-up model has both forms and RL has to select the boxed one (certain);
@@ -41,11 +41,14 @@ sys.path.insert(0, str(REPO_ROOT))
 from pure_rl.experiments.sweep import SweepSpec, build_warm_model, run_sweep  # noqa: E402
 
 RUN_CONFIG = "configs/sweeps/learnability_run.yaml"
-# name -> tiny Qwen2 shape; parameters as built by agents.tiny (vocabulary included)
+# name -> tiny Qwen2 shape (parameters as built by agents.tiny, vocabulary included) and its warm-up lr. The lr
+# falls with width as usual: at 3e-3 the 2.7M model's warm-up loss plateaus at 0.36 by 1500 steps (the 0.4M
+# model's 0.09) and it has none of the arithmetic; at 1e-3 its loss is 0.10 by step 500. 9M's is scaled
+# the same way, not measured.
 SIZES = {
-    "0.4M": {"hidden_size": 128, "layers": 2},
-    "2.7M": {"hidden_size": 256, "layers": 4},
-    "9M": {"hidden_size": 384, "layers": 6},
+    "0.4M": {"hidden_size": 128, "layers": 2, "lr": 3.0e-3},
+    "2.7M": {"hidden_size": 256, "layers": 4, "lr": 1.0e-3},
+    "9M": {"hidden_size": 384, "layers": 6, "lr": 5.0e-4},
 }
 # benchmark task -> (env.task, its overrides, warm-up steps)
 TASKS = {
@@ -53,7 +56,7 @@ TASKS = {
     "copy_number": ("copy_number", {"env.copy_largest": 9}, 300),
     "arithmetic": ("arithmetic", {"env.difficulty": 1}, 1500),
 }
-WARMUP = {"batch_size": 16, "lr": 3.0e-3, "seed": 0}
+WARMUP = {"batch_size": 16, "seed": 0}
 
 
 def spec_for(
@@ -73,7 +76,7 @@ def spec_for(
             "train.eval_every": max(1, iterations // 5),
             **extra,
         },
-        warmup={**SIZES[size], **WARMUP, "steps": TASKS[task][2] if warmup_steps is None else warmup_steps},
+        warmup={**WARMUP, **SIZES[size], "steps": TASKS[task][2] if warmup_steps is None else warmup_steps},
         jobs=jobs,
         description=f"VR-only learnability: {task}, {size} tiny model",
     )
