@@ -9,16 +9,27 @@ Two passes give the same numbers (tests check both against each other):
   consecutive rows, the prompt is run once and its KV cache repeated for the group (gradients flow back through
   it), and logits are computed only where a response token is predicted. On the CPU default (~150-token
   prompts, ~80-token responses, 4 samples per prompt) most of a full pass is spent on the prompt.
+
+**No ``[B, T, V]`` tensor is made whole** when ``chunk_tokens`` > 0 (``train.logit_chunk_tokens``): the decoder's
+last hidden states are gathered at the positions that predict a token, and the LM head, log-softmax, picked
+log-prob and entropy run on ``chunk_tokens`` of them at a time, each chunk under activation checkpointing so
+the backward recomputes one chunk's logits instead of keeping all of them. A micro-batch of 4 x 2140 tokens
+with Qwen's 152k vocabulary would otherwise hold ~5 GiB per fp32 ``[B, T, V]`` tensor (logits, log-softmax, the
+entropy's product); a chunk of 1024 positions holds 0.6 GiB. ``chunk_tokens=0`` runs the model's own forward
+over the whole ``[B, T, V]`` (the no-grad whole-sequence pass through TorchRL's ``TransformersWrapper``); both
+give the same numbers and gradients (tested).
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
 from tensordict import TensorDict
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["batch_log_probs", "response_log_probs", "sequence_log_probs", "token_log_probs"]
+__all__ = ["batch_log_probs", "head_log_probs", "response_log_probs", "sequence_log_probs", "token_log_probs"]
 
 _WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -35,6 +46,57 @@ def _wrapper(model: torch.nn.Module, tokenizer):
     return wrapper
 
 
+def _head_stats(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, with_entropy: bool):
+    """Log-probs of ``targets [N]`` and entropies ``[N]`` (zeros unless asked) from hidden states ``[N, H]``."""
+    log_softmax = torch.log_softmax(head(hidden).float(), dim=-1)  # [N, V]
+    picked = log_softmax.gather(-1, targets[:, None]).squeeze(-1)
+    if not with_entropy:
+        return picked, torch.zeros_like(picked)
+    return picked, -(log_softmax.exp() * log_softmax).sum(-1)
+
+
+def head_log_probs(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, *, chunk_tokens: int, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log_probs, entropy)``, ``[N]`` each, of ``targets [N]`` predicted from ``hidden [N, H]`` by the LM
+    ``head``, with at most ``chunk_tokens`` rows of ``[N, V]`` alive at once (entropy zeros unless asked).
+
+    With gradients on, each chunk runs under non-reentrant activation checkpointing: autograd keeps the chunk's
+    hidden states only and the backward recomputes its logits (one more head matmul per chunk), instead of
+    holding every chunk's ``[chunk, V]`` log-softmax until the backward reaches it."""
+    if chunk_tokens <= 0 or hidden.shape[0] <= chunk_tokens:
+        return _head_stats(hidden, targets, head, with_entropy)
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        args = (hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens], head, with_entropy)
+        parts.append(checkpoint(_head_stats, *args, use_reentrant=False) if needs_grad else _head_stats(*args))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@contextlib.contextmanager
+def _adapters_off(model: torch.nn.Module):
+    with torch.no_grad(), model.disable_adapter():
+        yield
+
+
+def _causal_lm(model: torch.nn.Module):
+    """The Hugging Face causal LM that ``model`` runs, and the context to run it in: a LoRA policy's base model
+    (the adapters are injected into it), with the adapters off for the LoRA KL reference."""
+    from agents.lora import AdaptersDisabled, is_lora
+
+    if isinstance(model, AdaptersDisabled):
+        return model.model.get_base_model(), _adapters_off(model.model)
+    if is_lora(model):
+        return model.get_base_model(), contextlib.nullcontext()
+    return model, contextlib.nullcontext()
+
+
+def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``values [N]`` placed at the True entries of ``where [B, T]``, zeros elsewhere (differentiable)."""
+    return values.new_zeros(where.shape).masked_scatter(where, values)
+
+
 def token_log_probs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -42,6 +104,7 @@ def token_log_probs(
     *,
     with_entropy: bool = False,
     tokenizer=None,
+    chunk_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log p(x_t | x_<t)`` for every position of right-padded sequences.
 
@@ -50,8 +113,9 @@ def token_log_probs(
         input_ids: ``[B, T]`` token ids (right-padded).
         attention_mask: ``[B, T]`` 1 on real tokens.
         with_entropy: also return the entropy of each position's next-token distribution.
-        tokenizer: the model's tokenizer; with it (and without entropy) the pass runs through TorchRL's
-            ``TransformersWrapper``.
+        tokenizer: the model's tokenizer; with it (and without entropy or chunks) the pass runs through
+            TorchRL's ``TransformersWrapper``.
+        chunk_tokens: predicted positions per LM-head chunk (0: the whole ``[B, T, V]`` at once).
 
     Returns:
         ``(log_probs, entropy)``, both ``[B, T]`` on the model's device; position 0 (no context) and padding
@@ -61,6 +125,20 @@ def token_log_probs(
 
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    if chunk_tokens > 0:
+        lm, context = _causal_lm(model)
+        predicts = torch.zeros_like(attention_mask, dtype=torch.bool)
+        predicts[:, 1:] = attention_mask[:, 1:].bool()  # token t is predicted at position t - 1
+        with context:
+            hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            lp, ent = head_log_probs(
+                hidden[:, :-1][predicts[:, 1:]],
+                input_ids[predicts],
+                lm.get_output_embeddings(),
+                chunk_tokens=chunk_tokens,
+                with_entropy=with_entropy,
+            )
+        return _scatter(lp, predicts), (_scatter(ent, predicts) if with_entropy else None)
     if tokenizer is not None and not with_entropy:
         b = input_ids.shape[0]
         td = TensorDict(
@@ -102,6 +180,7 @@ def response_log_probs(
     prompt_length: torch.Tensor,
     *,
     with_entropy: bool = False,
+    chunk_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log p(x_t | x_<t)`` for the response tokens of right-padded ``prompt + response`` rows, each shared
     prompt computed once.
@@ -112,6 +191,7 @@ def response_log_probs(
         attention_mask: ``[B, T]`` 1 on real tokens.
         prompt_length: ``[B]`` prompt tokens of each row. Consecutive rows with the same prompt share its pass.
         with_entropy: also return the entropy of the next-token distribution at each response position.
+        chunk_tokens: predicted positions per LM-head chunk (0: each group's ``[g, T, V]`` at once).
 
     Returns:
         ``(log_probs, entropy)``, both ``[B, T]`` on the model's device, equal to :func:`token_log_probs` on
@@ -123,32 +203,48 @@ def response_log_probs(
     log_probs = torch.zeros(b, t, device=device)
     entropy = torch.zeros(b, t, device=device) if with_entropy else None
     lengths = attention_mask.sum(-1)
-    for start, end in _prompt_groups(input_ids, prompt_length):
-        p, g = int(prompt_length[start]), end - start
-        stop = int(lengths[start:end].max())
-        if stop <= p:
-            continue  # no response tokens in this group
-        prompt = model(input_ids=input_ids[start : start + 1, :p], use_cache=True, logits_to_keep=1)
-        logits = prompt.logits[:, -1:].expand(g, 1, -1)  # predicts each row's first response token
-        if stop - p > 1:
-            cache = prompt.past_key_values
-            cache.batch_repeat_interleave(g)
-            rest = model(
-                input_ids=input_ids[start:end, p : stop - 1],
-                attention_mask=torch.cat(
-                    [attention_mask.new_ones(g, p), attention_mask[start:end, p : stop - 1]], dim=-1
-                ),
-                position_ids=torch.arange(p, stop - 1, device=device).expand(g, -1),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits = torch.cat([logits, rest.logits], dim=1)
-        log_softmax = torch.log_softmax(logits.float(), dim=-1)  # [g, stop - p, V]
-        mask = attention_mask[start:end, p:stop].to(log_softmax.dtype)
-        picked = log_softmax.gather(-1, input_ids[start:end, p:stop, None]).squeeze(-1)
-        log_probs[start:end, p:stop] = picked * mask
-        if entropy is not None:
-            entropy[start:end, p:stop] = -(log_softmax.exp() * log_softmax).sum(-1) * mask
+    lm, context = _causal_lm(model) if chunk_tokens > 0 else (model, contextlib.nullcontext())
+    # Chunked: the decoder's hidden states, the head applied by head_log_probs; else the model's own logits.
+    run = lm.get_decoder() if chunk_tokens > 0 else lm
+    out_of = (lambda o: o.last_hidden_state) if chunk_tokens > 0 else (lambda o: o.logits)
+    last_only = {} if chunk_tokens > 0 else {"logits_to_keep": 1}
+    with context:
+        for start, end in _prompt_groups(input_ids, prompt_length):
+            p, g = int(prompt_length[start]), end - start
+            stop = int(lengths[start:end].max())
+            if stop <= p:
+                continue  # no response tokens in this group
+            prompt = run(input_ids=input_ids[start : start + 1, :p], use_cache=True, **last_only)
+            outputs = out_of(prompt)[:, -1:].expand(g, 1, -1)  # predicts each row's first response token
+            if stop - p > 1:
+                cache = prompt.past_key_values
+                cache.batch_repeat_interleave(g)
+                rest = run(
+                    input_ids=input_ids[start:end, p : stop - 1],
+                    attention_mask=torch.cat(
+                        [attention_mask.new_ones(g, p), attention_mask[start:end, p : stop - 1]], dim=-1
+                    ),
+                    position_ids=torch.arange(p, stop - 1, device=device).expand(g, -1),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                outputs = torch.cat([outputs, out_of(rest)], dim=1)  # [g, stop - p, H or V]
+            mask = attention_mask[start:end, p:stop].bool()
+            targets = input_ids[start:end, p:stop]
+            if chunk_tokens > 0:
+                lp, ent = head_log_probs(
+                    outputs[mask], targets[mask], lm.get_output_embeddings(), chunk_tokens=chunk_tokens,
+                    with_entropy=with_entropy,
+                )  # fmt: skip
+                log_probs[start:end, p:stop] = _scatter(lp, mask)
+                if entropy is not None:
+                    entropy[start:end, p:stop] = _scatter(ent, mask)
+                continue
+            log_softmax = torch.log_softmax(outputs.float(), dim=-1)  # [g, stop - p, V]
+            picked = log_softmax.gather(-1, targets[..., None]).squeeze(-1)
+            log_probs[start:end, p:stop] = picked * mask
+            if entropy is not None:
+                entropy[start:end, p:stop] = -(log_softmax.exp() * log_softmax).sum(-1) * mask
     return log_probs, entropy
 
 
@@ -159,13 +255,17 @@ def sequence_log_probs(
     shared_prompt_pass: bool = True,
     with_entropy: bool = False,
     tokenizer=None,
+    chunk_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropy) of one token batch by the configured pass: :func:`response_log_probs` when
-    ``shared_prompt_pass``, else :func:`token_log_probs` on whole sequences. ``[B, T]`` each."""
+    ``shared_prompt_pass``, else :func:`token_log_probs` on whole sequences; the LM head in chunks of
+    ``chunk_tokens`` predicted positions (0: whole). ``[B, T]`` each."""
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
     if shared_prompt_pass:
-        return response_log_probs(model, ids, mask, tokens["prompt_length"], with_entropy=with_entropy)
-    return token_log_probs(model, ids, mask, with_entropy=with_entropy, tokenizer=tokenizer)
+        return response_log_probs(
+            model, ids, mask, tokens["prompt_length"], with_entropy=with_entropy, chunk_tokens=chunk_tokens
+        )
+    return token_log_probs(model, ids, mask, with_entropy=with_entropy, tokenizer=tokenizer, chunk_tokens=chunk_tokens)
 
 
 @torch.no_grad()
@@ -176,6 +276,7 @@ def batch_log_probs(
     micro_batch_size: int,
     shared_prompt_pass: bool = True,
     tokenizer=None,
+    chunk_tokens: int = 0,
 ) -> torch.Tensor:
     """No-grad log-probs of a whole token batch, micro-batch by micro-batch (the old-policy and reference passes).
 
@@ -187,6 +288,7 @@ def batch_log_probs(
         shared_prompt_pass: :func:`response_log_probs`; otherwise :func:`token_log_probs` on whole sequences
             (through TorchRL's ``TransformersWrapper`` when a tokenizer is given).
         tokenizer: the model's tokenizer (whole-sequence path).
+        chunk_tokens: predicted positions per LM-head chunk (0: the whole ``[B, T, V]``).
 
     Returns:
         ``[B, T]`` log-probs on the CPU, 0 on padding (and on prompt tokens with ``shared_prompt_pass``).
@@ -194,5 +296,8 @@ def batch_log_probs(
     parts = []
     for start in range(0, tokens.shape[0], micro_batch_size):
         mb = tokens[start : start + micro_batch_size]
-        parts.append(sequence_log_probs(model, mb, shared_prompt_pass=shared_prompt_pass, tokenizer=tokenizer)[0].cpu())
+        lp, _ = sequence_log_probs(
+            model, mb, shared_prompt_pass=shared_prompt_pass, tokenizer=tokenizer, chunk_tokens=chunk_tokens
+        )
+        parts.append(lp.cpu())
     return torch.cat(parts)

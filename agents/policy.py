@@ -77,6 +77,16 @@ class ReasoningPolicy(TensorDictModuleBase):
         self.model = model
         self._prompt_cache: dict[str, list[int]] = {}
 
+    def __setattr__(self, name: str, value) -> None:
+        # The trained model is held outside the module tree. A TorchRL collector whose policy device differs from
+        # where a policy's parameters are deep-copies the policy with its parameters cast there (the env's device,
+        # the CPU, for a model on cuda:0): it would then generate with a stale CPU copy while the trainer updates
+        # the model on the GPU. With no parameters in the tree the collector runs this module as it is.
+        if name == "model":
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
+
     @property
     def eos_token_ids(self) -> list[int]:
         return self.backend.eos_token_ids
@@ -150,11 +160,21 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32", device: str = "c
     return model, tokenizer, path
 
 
-def make_reference_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """A frozen copy of ``model`` (the KL reference policy), in ``dtype`` if given."""
-    ref = copy.deepcopy(model).eval()
-    if dtype is not None:
-        ref = ref.to(dtype)
+def make_reference_model(
+    model: torch.nn.Module | str, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+) -> torch.nn.Module:
+    """The frozen KL reference policy: loaded from ``model`` when it names a model folder (or the embedded or
+    tiny model), straight into ``dtype`` on ``device`` so no float32 copy of the weights ever exists beside the
+    policy's (+28 GiB at 7B under mixed precision); else a frozen deep copy of the module ``model``, then cast."""
+    if isinstance(model, str):
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model), dtype=dtype or torch.float32)
+        ref = ref.to(device or "cpu").eval()
+    else:
+        ref = copy.deepcopy(model).eval()
+        if dtype is not None:
+            ref = ref.to(dtype)
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref

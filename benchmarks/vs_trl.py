@@ -26,7 +26,9 @@ optimiser step and the weight sync; TRL: loss forward, backward and the optimise
 tokens; 64, 128, 256 tokens at 16 completions) and plots iteration seconds against both.
 
 Run: ``python benchmarks/vs_trl.py [--rounds 2] [--iterations 3] [--threads 2] [--backends transformers,vllm]
-[--growth]`` (needs ``pip install -e .[bench]``).
+[--growth]`` (needs ``pip install -e .[bench]``). On a GPU: ``--device cuda:0 --precision bf16-mixed --model DIR
+--prompts 8 --max-new 256`` runs both programs there (TRL with ``bf16=True``, its autocast with fp32 masters, as
+pure-rl's ``bf16-mixed``); the roofline is then a bf16 matmul on the device (``benchmarks/gpu_check.py`` does this).
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ from benchmarks.rollout import matmul_flops  # noqa: E402 (the same roofline as 
 
 SAMPLES, TEMPERATURE, BETA, LR = 4, 0.7, 0.001, 3e-6
 TRL_MICRO_BATCH = 16  # completions per TRL loss pass (pure-rl's default config: micro-batches of 8)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where both programs run and from which model (the CPU default: the embedded SmolLM2 in fp32)."""
+
+    model: str = "smollm2-135m-instruct"
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def flags(self) -> list[str]:
+        return ["--model", self.model, "--device", self.device, "--precision", self.precision]
+
+
+SETTING = Setting()
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,9 @@ def pure_rl_overrides(iterations: int, work: Work = Work()) -> list[str]:
         "train.checkpoint_every=1000",
         "log.sample_every=0",
         "log.loggers=[csv]",
+        f"policy.model={SETTING.model}",
+        f"policy.device={SETTING.device}",
+        f"train.precision={SETTING.precision}",
     ]
 
 
@@ -102,6 +122,14 @@ def benchmark_prompts(n: int) -> list[tuple[list[dict], str]]:
     ]
 
 
+def run_quietly(cmd: list[str], env: dict) -> None:
+    """Run a program's process with its output kept back; on failure, print its last lines and raise."""
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        print("\n".join((done.stdout + done.stderr).splitlines()[-30:]), file=sys.stderr)
+        raise subprocess.CalledProcessError(done.returncode, cmd)
+
+
 def run_pure_rl(iterations: int, threads: int, out: Path, work: Work, extra: tuple[str, ...] = ()) -> list[dict]:
     run_dir = out / "pure_rl"
     cmd = [
@@ -117,7 +145,7 @@ def run_pure_rl(iterations: int, threads: int, out: Path, work: Work, extra: tup
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_quietly(cmd, env)
     from pure_rl.plots import read_metrics
 
     rows = read_metrics(run_dir / "logs" / "scalars")
@@ -155,7 +183,7 @@ def trl_worker(iterations: int, out: Path, work: Work) -> None:
 
     accumulation = max(1, work.completions // TRL_MICRO_BATCH)
     path = resolve_model_dir(cfg.policy.model)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 masters, as pure-rl's
     tokenizer = AutoTokenizer.from_pretrained(path)
     args = GRPOConfig(
         output_dir=str(out / "trl_out"),
@@ -173,8 +201,8 @@ def trl_worker(iterations: int, out: Path, work: Work) -> None:
         learning_rate=LR,
         max_steps=iterations,
         shuffle_dataset=False,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=SETTING.device == "cpu",
+        bf16=SETTING.precision == "bf16-mixed",
         fp16=False,
         gradient_checkpointing=False,
         report_to="none",
@@ -225,15 +253,16 @@ def trl_worker(iterations: int, out: Path, work: Work) -> None:
 
 def run_trl(iterations: int, threads: int, out: Path, work: Work) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    worker = ["--trl-worker", str(out), "--prompts", str(work.prompts), "--max-new", str(work.max_new)]
-    subprocess.run(
-        [sys.executable, __file__, *worker, "--iterations", str(iterations)],
-        check=True,
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = [
+        "--trl-worker",
+        str(out),
+        "--prompts",
+        str(work.prompts),
+        "--max-new",
+        str(work.max_new),
+        *SETTING.flags(),
+    ]
+    run_quietly([sys.executable, __file__, *worker, "--iterations", str(iterations)], env)
     return json.loads((out / "trl.json").read_text())
 
 
@@ -243,7 +272,7 @@ def prompt_tokens() -> float:
 
     from agents.models import resolve_model_dir
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir(SETTING.model))
     ids = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True) for m, _ in benchmark_prompts(8)]
     return statistics.mean(len(i["input_ids"] if hasattr(i, "keys") else i) for i in ids)
 
@@ -262,12 +291,32 @@ def roofline_shares(med: dict, params: int, prompt: float, work: Work, peak: flo
 
 
 def model_size() -> int:
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from agents.models import resolve_model_dir
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_dir("smollm2-135m-instruct")))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_dir(SETTING.model)))
     return sum(x.numel() for x in model.parameters())
+
+
+def peak_flops() -> float:
+    """The roofline: an fp32 2048-square matmul on the CPU, a bf16 8192-square one on a GPU."""
+    import torch
+
+    if SETTING.device == "cpu":
+        return matmul_flops()
+    n, device = 8192, torch.device(SETTING.device)
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * 10 / (time.perf_counter() - t0)
 
 
 def medians(rows: list[dict]) -> dict:
@@ -276,8 +325,8 @@ def medians(rows: list[dict]) -> dict:
 
 def side_by_side(programs, args, tmp: Path) -> dict:
     """The main comparison: ``--rounds`` rounds A B A B at the default work; the table and the ratios."""
-    work = Work()
-    flops = [matmul_flops()]
+    work = Work(args.prompts, args.max_new)
+    flops = [peak_flops()]
     results: dict[str, list[dict]] = {name: [] for name, _ in programs}
     for r in range(args.rounds):
         for name, fn in programs:
@@ -285,12 +334,13 @@ def side_by_side(programs, args, tmp: Path) -> dict:
             rows = fn(args.iterations, args.threads, tmp, work)
             results[name] += rows[1:]
             print(f"round {r + 1}: {name} {len(rows)} iterations in {time.perf_counter() - t0:.0f}s", flush=True)
-    flops.append(matmul_flops())
+    flops.append(peak_flops())
     peak, params, prompt = max(flops), model_size(), prompt_tokens()
     summary = {}
     print(
-        f"\nroofline: fp32 matmul {flops[0] / 1e9:.0f} / {flops[1] / 1e9:.0f} GFLOP/s (used {peak / 1e9:.0f}); "
-        f"{params / 1e6:.0f}M parameters; prompt {prompt:.0f} tokens; {args.threads} threads"
+        f"\nroofline: {'fp32' if SETTING.device == 'cpu' else 'bf16'} matmul {flops[0] / 1e9:.0f} / "
+        f"{flops[1] / 1e9:.0f} GFLOP/s (used {peak / 1e9:.0f}); {params / 1e6:.0f}M parameters; prompt {prompt:.0f} "
+        f"tokens; {SETTING.device}, {SETTING.precision}, {args.threads} threads"
     )
     print(
         "| program | iteration s | gen s | score s | update s | response tokens | tokens/s | gen roofline | "
@@ -389,9 +439,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--growth", action="store_true", help="the growth table (one round per work) instead")
     p.add_argument("--plot", default="docs/figures/vs_trl_growth.png", help="where --growth saves its plot")
     p.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--prompts", type=int, default=Work().prompts, help=argparse.SUPPRESS)
-    p.add_argument("--max-new", type=int, default=Work().max_new, help=argparse.SUPPRESS)
+    p.add_argument("--prompts", type=int, default=Work().prompts, help="prompts per iteration (x 4 samples)")
+    p.add_argument("--max-new", type=int, default=Work().max_new, help="new tokens at most per completion")
+    p.add_argument("--model", default=Setting.model, help="the starting model of both programs (a name or folder)")
+    p.add_argument("--device", default=Setting.device, help="cpu, or cuda:N")
+    p.add_argument("--precision", default=Setting.precision, choices=("fp32", "bf16-mixed"))
+    p.add_argument("--json", default=None, help="write the side-by-side medians to this file")
     args = p.parse_args(argv)
+    global SETTING
+    SETTING = Setting(args.model, args.device, args.precision)
     if args.trl_worker:
         trl_worker(args.iterations, Path(args.trl_worker), Work(args.prompts, args.max_new))
         return {}
@@ -411,7 +467,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "vllm" in backends:
         programs.append(("pure-rl vLLM", lambda *a: run_pure_rl(*a, extra=("policy.backend=vllm",))))
     with tempfile.TemporaryDirectory() as tmp:
-        return (growth if args.growth else side_by_side)(programs, args, Path(tmp))
+        result = (growth if args.growth else side_by_side)(programs, args, Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -349,11 +349,16 @@ class HFTokenClassificationPRM(ProcessRewardModel):
                 encoded[start : start + self.batch_size], self.format.pad_id, self.max_length
             )
             logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)).logits
-            token_scores = step_scores(logits, self.score_mode)
+            # Each row's score positions gathered on the device, then one transfer to the host per forward pass
+            # (an .item() per step would synchronise the device once per step).
+            width = max((len(pos) for pos in positions), default=0)
+            index = torch.zeros(len(positions), max(1, width), dtype=torch.long)
             for i, pos in enumerate(positions):
                 valid = [p for p in pos if p >= 0]
                 first = valid[0] if valid else 0
-                out.append([token_scores[i, p if p >= 0 else first].item() for p in pos])
+                index[i, : len(pos)] = torch.tensor([p if p >= 0 else first for p in pos], dtype=torch.long)
+            scores = step_scores(logits, self.score_mode).gather(1, index.to(logits.device)).cpu().tolist()
+            out += [row[: len(pos)] for row, pos in zip(scores, positions)]
         return out
 
 

@@ -389,6 +389,15 @@ class TrainConfig:
         "log-prob passes run each group's shared prompt once (false: whole sequences, the old-policy and "
         "reference passes through TorchRL's TransformersWrapper)",
     )
+    logit_chunk_tokens: int = opt(
+        1024,
+        "predicted positions per LM-head chunk in the log-prob passes: vocabulary-sized tensors ([chunk, V] logits, "
+        "log-softmax, entropy) exist for one chunk at a time and the backward recomputes them (0: the whole "
+        "[micro-batch, T, V] at once, as transformers' forward; the same numbers either way). Liger's fused "
+        "linear cross-entropy and verl's entropy chunking serve the same purpose",
+        check=non_negative,
+        allowed=">= 0",
+    )
     max_grad_norm: float = opt(1.0, "gradient norm clip", check=positive, allowed="> 0")
     seed: int = opt(0, "random seed", check=non_negative, allowed=">= 0")
     checkpoint_every: int = opt(10, "iterations between checkpoints", check=positive, allowed="> 0")

@@ -4,8 +4,11 @@
 weights (its fp32 master weights under mixed precision, plus the autocast compute copy), gradients, AdamW state,
 the KL reference, the PRM, the generation engine (vLLM's share of the device, or the transformers KV cache) and
 the activations of one micro-batch (with and without gradient checkpointing), then ``memory plan: fits`` or
-``memory plan: does not fit ...`` naming the levers. A run on a CUDA device whose plan does not fit is refused
-the same way before any model loads.
+``memory plan: does not fit ...`` naming the levers. Beside the devices it plans what a run needs outside them:
+the run folder's disk (three checkpoints at the peak of a save: the current one, the previous one kept, the one
+being written), ``/dev/shm`` (the vLLM weight sync's file) and host RAM (the policy as loaded, before it moves to
+its device). A run whose plan does not fit, on a CUDA device, or whose checkpoints or sync file cannot be written
+anywhere, is refused the same way before any model loads.
 
 Parameter counts come from the model's ``config.json`` (a local folder, the tiny model, or the table below for
 the published models the shipped configs name; no hub is needed). Activations follow a per-token, per-layer
@@ -17,9 +20,12 @@ template's length.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = ["Architecture", "MemoryPlan", "architecture", "memory_plan"]
+__all__ = ["Architecture", "MemoryPlan", "Storage", "architecture", "checkpoint_bytes", "memory_plan"]
 
 GIB = 2**30
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -103,35 +109,65 @@ def architecture(name: str, token_classification: bool = False) -> Architecture:
 
 
 def activation_bytes(
-    arch: Architecture, tokens: int, logit_tokens: int, bytes_per: int, checkpointing: bool, shared_prompt: bool
+    arch: Architecture,
+    tokens: int,
+    logit_tokens: int,
+    bytes_per: int,
+    checkpointing: bool,
+    shared_prompt: bool,
+    chunk_tokens: int = 0,
 ) -> int:
     """Saved activations of the loss's forward pass with autograd: per token and layer about 1.75 H + 4 I + 4 kv
     elements (norms, projections' inputs, rotary q/k, the MLP's gate, up and their product), plus float32
     vocabulary-sized tensors (logits, log-softmax and the entropy's terms: 4 per predicted token, 7 with the
     shared prompt pass, which also concatenates and repeats them); with checkpointing, each layer's input only,
-    one layer recomputed at a time, and 2 vocabulary-sized tensors. Counts fitted to SmolLM2-135M on this CPU."""
+    one layer recomputed at a time, and 2 vocabulary-sized tensors. Counts fitted to SmolLM2-135M on this CPU.
+    With the LM head in chunks (``train.logit_chunk_tokens``) the vocabulary-sized tensors span one chunk."""
     per_layer = 1.75 * arch.hidden + 4 * arch.intermediate + 4 * arch.kv_dim
+    if chunk_tokens > 0:
+        logit_tokens = min(logit_tokens, chunk_tokens)
     logits = logit_tokens * arch.vocab * 4
     if checkpointing:
         return int(arch.layers * tokens * arch.hidden * bytes_per + tokens * per_layer * bytes_per + 2 * logits)
     return int(arch.layers * tokens * per_layer * bytes_per + (7 if shared_prompt else 4) * logits)
 
 
+@dataclass(frozen=True)
+class Storage:
+    """What a run needs of a place outside its devices, and what that place has (None: not measured here)."""
+
+    name: str
+    what: str
+    needs: int
+    has: int | None
+    lever: str
+
+    @property
+    def fits(self) -> bool:
+        return self.has is None or self.needs <= self.has
+
+
 @dataclass
 class MemoryPlan:
-    """Bytes per component per device, the device budget, and what would make it fit."""
+    """Bytes per component per device, the device budget, what the run needs outside its devices, and what
+    would make it fit."""
 
     devices: dict[str, list[tuple[str, int]]]
     budget: int | None
     levers: list[str]
     notes: list[str]
+    storage: list[Storage] = field(default_factory=list)
 
     def total(self, device: str) -> int:
         return sum(b for _, b in self.devices[device])
 
     @property
-    def fits(self) -> bool:
+    def devices_fit(self) -> bool:
         return self.budget is None or all(self.total(d) <= self.budget for d in self.devices)
+
+    @property
+    def fits(self) -> bool:
+        return self.devices_fit and all(s.fits for s in self.storage)
 
     def lines(self) -> list[str]:
         out = []
@@ -139,17 +175,28 @@ class MemoryPlan:
             out.append(f"{device}:")
             out += [f"  {name:<70} {b / GIB:8.2f} GiB" for name, b in parts]
             out.append(f"  {'total':<70} {self.total(device) / GIB:8.2f} GiB")
+        for s in self.storage:
+            has = "not measured" if s.has is None else f"{s.has / GIB:.2f} GiB available"
+            out.append(f"{s.name}: {s.what}: {s.needs / GIB:.2f} GiB ({has})")
         out += [f"note: {n}" for n in self.notes]
-        if self.budget is None:
-            out.append("memory plan: no device memory given (--device-memory GIB)")
-        elif self.fits:
-            out.append(f"memory plan: fits ({self.budget / GIB:.0f} GiB per device)")
-        else:
+        problems = []
+        if not self.devices_fit:
             worst = max(self.devices, key=self.total)
-            out.append(
-                f"memory plan: does not fit: {worst} needs {self.total(worst) / GIB:.1f} GiB of "
-                f"{self.budget / GIB:.0f} GiB; levers: " + "; ".join(self.levers)
+            problems.append(
+                f"{worst} needs {self.total(worst) / GIB:.1f} GiB of {self.budget / GIB:.0f} GiB; levers: "
+                + "; ".join(self.levers)
             )
+        problems += [
+            f"{s.name} needs {s.needs / GIB:.1f} GiB of {s.has / GIB:.1f} GiB here ({s.lever})"
+            for s in self.storage
+            if not s.fits
+        ]
+        if problems:
+            out.append("memory plan: does not fit: " + " | ".join(problems))
+        elif self.budget is None:
+            out.append("memory plan: no device memory given (--device-memory GIB)")
+        else:
+            out.append(f"memory plan: fits ({self.budget / GIB:.0f} GiB per device)")
         return out
 
 
@@ -157,8 +204,71 @@ def _device(name: str) -> str:
     return "cpu" if name == "cpu" else name if ":" in name else f"{name}:0"
 
 
-def memory_plan(cfg, device_memory_gib: float | None = None) -> MemoryPlan:
-    """The plan of ``cfg`` for devices of ``device_memory_gib`` GiB each (None: report only)."""
+def checkpoint_bytes(cfg, arch: Architecture | None = None) -> int:
+    """Bytes of one checkpoint: the trained weights (all, or a LoRA model's adapters) and AdamW's two moments, in
+    the policy's dtype (the 1.5B check on an H200 wrote 17.3 GiB: 12 bytes per fp32 parameter)."""
+    arch = arch or architecture(cfg.policy.model)
+    lora = cfg.lora.rank > 0
+    trained = arch.lora_parameters(cfg.lora.rank, cfg.lora.target_modules) if lora else arch.parameters()
+    return 3 * trained * _BYTES[cfg.policy.dtype]
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system that ``path`` is (or would be created) on."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _host_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def storage_plan(cfg, run_dir: str | Path, arch: Architecture) -> list[Storage]:
+    """The run folder's disk, ``/dev/shm`` (vLLM) and host RAM the run needs, against what this machine has."""
+    run_dir = Path(run_dir)
+    one = checkpoint_bytes(cfg, arch)
+    # Checkpoint files already in the folder are replaced as the run saves (a resume): they count as free.
+    held = sum(f.stat().st_size for f in run_dir.glob("checkpoint*.pt*")) if run_dir.is_dir() else 0
+    out = [
+        Storage(
+            f"run folder disk ({run_dir})",
+            f"3 checkpoints of {one / GIB:.2f} GiB at the peak of a save (current, previous, being written)",
+            3 * one,
+            _free_bytes(run_dir) + held,
+            "a log.run_dir on a larger disk, or lora.rank > 0 (checkpoints hold the adapters only)",
+        )
+    ]
+    param_bytes = _BYTES[cfg.policy.dtype]
+    if cfg.policy.backend == "vllm" and Path("/dev/shm").is_dir():
+        out.append(
+            Storage(
+                "/dev/shm",
+                "the vLLM weight sync's safetensors file (every weight, in the policy's dtype)",
+                arch.parameters() * param_bytes,
+                shutil.disk_usage("/dev/shm").free,
+                "a larger /dev/shm (docker run --shm-size), or policy.backend=transformers",
+            )
+        )
+    out.append(
+        Storage(
+            "host RAM",
+            "the policy loaded on the host before it moves to its device",
+            arch.parameters() * param_bytes,
+            _host_bytes(),
+            "a machine with more memory",
+        )
+    )
+    return out
+
+
+def memory_plan(cfg, device_memory_gib: float | None = None, run_dir: str | Path | None = None) -> MemoryPlan:
+    """The plan of ``cfg`` for devices of ``device_memory_gib`` GiB each (None: report only) and for its run folder
+    ``run_dir`` (default: ``log.run_dir``)."""
     pc, tc = cfg.policy, cfg.train
     arch = architecture(pc.model)
     n = arch.parameters()
@@ -202,11 +312,15 @@ def memory_plan(cfg, device_memory_gib: float | None = None) -> MemoryPlan:
     tokens = tc.micro_batch_size * seq
     logit_tokens = tc.micro_batch_size * (cfg.env.max_tokens if tc.shared_prompt_pass else seq)
     shared = tc.shared_prompt_pass
-    plain = activation_bytes(arch, tokens, logit_tokens, compute_bytes, checkpointing=False, shared_prompt=shared)
+    chunk = tc.logit_chunk_tokens
+    plain = activation_bytes(
+        arch, tokens, logit_tokens, compute_bytes, checkpointing=False, shared_prompt=shared, chunk_tokens=chunk
+    )
     # Checkpointing runs whole sequences (it cannot keep the shared prompt's cache): all tokens get logits.
     ckpt = activation_bytes(
-        arch, tokens, tc.micro_batch_size * seq, compute_bytes, checkpointing=True, shared_prompt=False
-    )
+        arch, tokens, tc.micro_batch_size * seq, compute_bytes, checkpointing=True, shared_prompt=False,
+        chunk_tokens=chunk,
+    )  # fmt: skip
     chosen, other = (ckpt, plain) if tc.gradient_checkpointing else (plain, ckpt)
     label = "with" if tc.gradient_checkpointing else "without"
     add(device, f"activations, micro-batch of {tc.micro_batch_size} x {seq} tokens, {label} checkpointing", chosen)
@@ -229,4 +343,5 @@ def memory_plan(cfg, device_memory_gib: float | None = None) -> MemoryPlan:
     shards = max(2, math.ceil(sum(b for _, b in parts[device]) / budget)) if budget else 2
     levers.append(f"more GPUs: {shards}+ with FSDP shard weights, gradients and AdamW state (planned)")
     notes = [f"prompt length estimated at {prompt_tokens} tokens from env.prompt_template"]
-    return MemoryPlan(parts, budget, levers, notes)
+    run_dir = run_dir if run_dir is not None else cfg.log.run_dir.format(name=cfg.log.name)
+    return MemoryPlan(parts, budget, levers, notes, storage_plan(cfg, run_dir, arch))

@@ -13,7 +13,14 @@ from envs.verifier import last_boxed
 from pure_rl.objectives.credit import last_step_index, min_form_returns
 from pure_rl.token_batch import valid_step_mask
 
-__all__ = ["METRIC_NAMES", "boundary_probabilities", "rollout_metrics", "separator_token_ids", "token_metrics"]
+__all__ = [
+    "METRIC_NAMES",
+    "boundary_probabilities",
+    "cuda_peak_gib",
+    "rollout_metrics",
+    "separator_token_ids",
+    "token_metrics",
+]
 
 METRIC_NAMES = (
     "prm_reward_mean",
@@ -121,12 +128,13 @@ def boundary_probabilities(
     positions of a token batch, one extra forward pass: ``p_eos_first`` at the first response token (an empty
     response), ``p_eos_mean`` and ``p_separator_mean`` over all response positions. A policy drifting towards
     empty responses or empty steps shows it here before its samples do."""
-    eos = torch.tensor(eos_ids, dtype=torch.long)
-    sep = torch.tensor(separator_ids, dtype=torch.long)
+    device = next(model.parameters()).device
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    sep = torch.tensor(separator_ids, dtype=torch.long, device=device)
     totals = {"p_eos_first": 0.0, "p_eos_mean": 0.0, "p_separator_mean": 0.0}
     rows, positions = tokens.shape[0], 0.0
     for start in range(0, rows, micro_batch):
-        mb = tokens[start : start + micro_batch]
+        mb = tokens[start : start + micro_batch].to(device)
         logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits[:, :-1].float()
         probs = torch.softmax(logits, dim=-1)  # position t predicts token t + 1
         predicts_response = mb["response_mask"][:, 1:]
@@ -149,3 +157,14 @@ def separator_token_ids(tokenizer, separator: str) -> list[int]:
     ids = range(len(tokenizer))
     texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
     return [i for i, t in zip(ids, texts) if t.endswith(separator)]
+
+
+def cuda_peak_gib(device: str) -> float | None:
+    """The most memory torch held allocated on CUDA ``device`` since the last call, in GiB (then the counter is
+    reset, so each phase of an iteration gets its own peak); None on other devices."""
+    d = torch.device(device)
+    if d.type != "cuda" or not torch.cuda.is_available():
+        return None
+    peak = torch.cuda.max_memory_allocated(d) / 2**30
+    torch.cuda.reset_peak_memory_stats(d)
+    return peak

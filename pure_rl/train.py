@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.device_memory is not None:
             from pure_rl.memory_plan import memory_plan
 
-            plan = memory_plan(cfg, args.device_memory)
+            plan = memory_plan(cfg, args.device_memory, run_dir)
             print("\n".join(plan.lines()))
             if not plan.fits:
                 sys.exit(3)
@@ -148,7 +148,7 @@ def train(
     refuses a folder that holds a run unless ``overwrite``; the folder is locked while the run trains
     (:mod:`pure_rl.run_dir`).
     """
-    refuse_if_it_cannot_fit(cfg)
+    refuse_if_it_cannot_fit(cfg, run_dir)
     with RunLock(run_dir):
         if not resume:
             claim_new_run(run_dir, overwrite)
@@ -156,15 +156,16 @@ def train(
         return _train(cfg, run_dir, resume, env=env, eval_env=eval_env, prm=prm, verifier=verifier)
 
 
-def refuse_if_it_cannot_fit(cfg: RunConfig) -> None:
-    """On a CUDA device, stop before any model loads when the memory plan does not fit its memory."""
-    device = torch.device(cfg.policy.device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return
+def refuse_if_it_cannot_fit(cfg: RunConfig, run_dir: Path) -> None:
+    """Stop before any model loads when the memory plan does not fit: a CUDA device's memory, or anywhere the run
+    folder's disk (three checkpoints at a save), ``/dev/shm`` (the vLLM sync) or host RAM."""
     from pure_rl.memory_plan import memory_plan
 
-    total = torch.cuda.get_device_properties(device.index or 0).total_memory
-    plan = memory_plan(cfg, total / 2**30)
+    device = torch.device(cfg.policy.device)
+    total = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(device.index or 0).total_memory / 2**30
+    plan = memory_plan(cfg, total, run_dir)
     if not plan.fits:
         print("\n".join(plan.lines()))
         sys.exit(3)
@@ -179,7 +180,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     from envs import make_env
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from pure_rl.loggers import make_loggers
-    from pure_rl.metrics import boundary_probabilities, rollout_metrics, separator_token_ids, token_metrics
+    from pure_rl.metrics import (
+        boundary_probabilities,
+        cuda_peak_gib,
+        rollout_metrics,
+        separator_token_ids,
+        token_metrics,
+    )
     from pure_rl.objectives.loss import StepTokenPPOLoss
     from pure_rl.plots import plot_run, read_metrics, truncate_metrics
     from pure_rl.rollout import make_collector
@@ -236,8 +243,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     elif lora:
         reference = AdaptersDisabled(model)  # the base weights are the reference: no second copy
     else:
-        # Under mixed precision the frozen reference is stored in the compute dtype: it is only ever run in it.
-        reference = make_reference_model(model, dtype=compute_dtype(cfg))
+        # The starting weights loaded again, under mixed precision straight into the compute dtype (the frozen
+        # reference is only ever run in it): never a float32 copy of the policy.
+        reference = make_reference_model(
+            start_model, dtype=compute_dtype(cfg) or getattr(torch, cfg.policy.dtype), device=cfg.policy.device
+        )
     loss_module = StepTokenPPOLoss(
         model,
         clip_epsilon=cfg.algo.clip_epsilon,
@@ -245,7 +255,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         kl_coef=cfg.algo.kl_coef,
         kl_estimator=cfg.algo.kl_estimator,
         critic_coef=cfg.algo.critic_coef,
-        log_prob_fn=functools.partial(log_probs_with_entropy, shared_prompt_pass=cfg.train.shared_prompt_pass),
+        log_prob_fn=functools.partial(
+            log_probs_with_entropy,
+            shared_prompt_pass=cfg.train.shared_prompt_pass,
+            chunk_tokens=cfg.train.logit_chunk_tokens,
+        ),
     )
     estimator = make_estimator(loss_module, cfg)
     optimizer = torch.optim.AdamW(
@@ -341,6 +355,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             traj = next(batches)
         rollout_s = time.perf_counter() - t0
         reward_s = env.reward_seconds
+        peaks = {"peak_gib_rollout": cuda_peak_gib(cfg.policy.device)}
 
         # 2. Tokens, old-policy and reference log-probs, KL in the reward (k1), credit assignment.
         t1 = time.perf_counter()
@@ -350,6 +365,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         # 3. PPO update: micro-batches with gradient accumulation, one optimiser step per epoch.
         stats = ppo_update(loss_module, optimizer, tokens, traj, cfg, scheduler, scaler)
         update_s = time.perf_counter() - t1
+        peaks["peak_gib_update"] = cuda_peak_gib(cfg.policy.device)
 
         # 4. Weight sync: the generation engine samples from the updated policy next iteration.
         t2 = time.perf_counter()
@@ -371,6 +387,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             sync_s=sync_s,
             tokens_per_s=generated / max(rollout_s, 1e-9),
         )
+        metrics.update({k: v for k, v in peaks.items() if v is not None})  # CUDA only
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.iterations):
             metrics.update(held_out_metrics(eval_env, sampled_eval_env, policy, sampler, step))
         for name, value in metrics.items():
@@ -434,11 +451,13 @@ def held_out_metrics(eval_env, sampled_env, policy, sampler: torch.Generator | N
     return metrics
 
 
-def log_probs_with_entropy(model, tokens, with_entropy: bool, *, shared_prompt_pass: bool):
+def log_probs_with_entropy(model, tokens, with_entropy: bool, *, shared_prompt_pass: bool, chunk_tokens: int = 0):
     """The loss's forward pass (``StepTokenPPOLoss.log_prob_fn``): :func:`agents.log_probs.sequence_log_probs`."""
     from agents.log_probs import sequence_log_probs
 
-    return sequence_log_probs(model, tokens, shared_prompt_pass=shared_prompt_pass, with_entropy=with_entropy)
+    return sequence_log_probs(
+        model, tokens, shared_prompt_pass=shared_prompt_pass, with_entropy=with_entropy, chunk_tokens=chunk_tokens
+    )
 
 
 def print_sample(traj, step: int) -> None:

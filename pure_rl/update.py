@@ -166,6 +166,7 @@ def add_credit(
         micro_batch_size=cfg.train.micro_batch_size,
         shared_prompt_pass=cfg.train.shared_prompt_pass,
         tokenizer=tokenizer,
+        chunk_tokens=cfg.train.logit_chunk_tokens,
     )
     # After the first optimiser step the policy is no longer the one that sampled: the ratio needs the old one.
     several_steps = optimizer_steps_per_batch(cfg, tokens.shape[0]) > 1

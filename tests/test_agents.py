@@ -168,6 +168,18 @@ def test_reference_model_is_frozen_copy(greedy_cfg):
     assert not torch.equal(next(policy.model.parameters()), next(ref.parameters()))
 
 
+def test_reference_model_from_its_folder_is_built_in_the_compute_dtype(greedy_cfg):
+    # Under mixed precision the trainer loads the reference straight into bf16 (no fp32 copy of the policy):
+    # its weights are the starting policy's, rounded once.
+    cfg = greedy_cfg()
+    policy = make_policy(cfg)
+    ref = make_reference_model(cfg.policy.model, dtype=torch.bfloat16, device="cpu")
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in ref.parameters())
+    start = dict(policy.model.named_parameters())
+    for name, p in ref.named_parameters():
+        assert torch.equal(p, start[name].detach().to(torch.bfloat16)), name
+
+
 def test_vllm_backend_missing_is_loud(monkeypatch, greedy_cfg):
     import builtins
 
@@ -289,3 +301,60 @@ def test_generation_log_probs_missing_for_a_replaced_token(greedy_cfg):
     assert sampled_log_probs(tokens) is None
     tokens = policy_token_batch(traj, policy, greedy_cfg("env.max_tokens=12"))
     assert sampled_log_probs(tokens) is not None
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_chunked_lm_head_equals_the_whole_vocabulary_pass_with_gradients(warm_tiny_path, lora):
+    # The LM head in chunks of 3 predicted positions (so every batch below spans many chunks, each under
+    # checkpointing) against transformers' own forward over the whole [B, T, V]: values, entropies and
+    # gradients, for both passes, a LoRA policy and its adapters-off reference.
+    from agents.log_probs import response_log_probs, token_log_probs
+    from agents.lora import AdaptersDisabled, apply_lora
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(warm_tiny_path).eval()
+    if lora:
+        model = apply_lora(model, 4, 8.0, 0.0, ["q_proj", "v_proj"])
+        for name, p in model.named_parameters():  # adapters start at B = 0: make them matter
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+    tok = AutoTokenizer.from_pretrained(warm_tiny_path)
+    p1, p2 = tok.encode("Tom has 3 apples. How many?\n\n"), tok.encode("Ann has 5 coins.\n\n")
+    rows = [(p1, tok.encode("3 + 4 = 7.\n\nThe answer is 7.")), (p1, tok.encode("7")), (p2, tok.encode("5 + 2"))]
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    response = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, : len(p) + len(r)] = 1
+        response[i, len(p) : len(p) + len(r)] = True
+    prompt_length = torch.tensor([len(p) for p, _ in rows])
+    params = [q for q in model.parameters() if q.requires_grad]
+
+    def run(fn, chunk):
+        model.zero_grad()
+        lp, ent = fn(chunk)
+        ((lp * mask).sum() + (ent * mask).sum()).backward()
+        return lp.detach(), ent.detach(), [q.grad.clone() for q in params]
+
+    passes = {
+        "whole": lambda c: token_log_probs(model, ids, mask, with_entropy=True, chunk_tokens=c),
+        "shared": lambda c: response_log_probs(model, ids, mask, prompt_length, with_entropy=True, chunk_tokens=c),
+    }
+    for fn in passes.values():
+        ref_lp, ref_ent, ref_grads = run(fn, 0)
+        lp, ent, grads = run(fn, 3)
+        torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=1e-5)
+        assert (lp[response] < 0).all() and (ent[response] > 0).all()
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert any(g.abs().sum() > 0 for g in grads)
+    if lora:
+        reference = AdaptersDisabled(model)
+        whole, _ = token_log_probs(reference, ids, mask, chunk_tokens=0)
+        chunked, _ = token_log_probs(reference, ids, mask, chunk_tokens=3)
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+        policy_lp, _ = token_log_probs(model, ids, mask, chunk_tokens=3)
+        assert (policy_lp - chunked).abs().max() > 1e-3  # the reference really ran without the adapters

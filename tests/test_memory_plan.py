@@ -68,3 +68,32 @@ def test_a_local_folder_is_read_from_its_config(tiny_model_path):
     n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_path).parameters())
     weights = memory_plan(cfg).devices["cpu"][0][1]
     assert weights == n * 4 and weights < GIB
+
+
+def test_a_run_whose_checkpoints_cannot_be_written_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    import pure_rl.memory_plan as plan_module
+    from pure_rl.train import train
+
+    cfg = load_config(ROOT / "configs/tiny.yaml")
+    need = 3 * plan_module.checkpoint_bytes(cfg)
+    monkeypatch.setattr(plan_module, "_free_bytes", lambda path: need - 1)
+    with pytest.raises(SystemExit) as stop:
+        train(cfg, tmp_path / "run")
+    assert stop.value.code == 3
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("memory plan: does not fit: run folder disk") and "3 checkpoints" not in last
+    assert not (tmp_path / "run").exists()  # nothing claimed, nothing loaded
+    monkeypatch.setattr(plan_module, "_free_bytes", lambda path: need)
+    assert memory_plan(cfg, None, tmp_path / "run").fits
+
+
+def test_the_planned_checkpoint_is_the_one_written(tmp_path):
+    # Weights and AdamW's two moments, 12 bytes per fp32 trained parameter; the rest (env, RNG, config) is small.
+    from pure_rl.memory_plan import checkpoint_bytes
+    from pure_rl.train import train
+
+    for extra in ([], ["lora.rank=16"]):
+        cfg = load_config(ROOT / "configs/tiny.yaml", ["train.iterations=1", "policy.model=tiny-256x4", *extra])
+        train(cfg, tmp_path / str(len(extra)))
+        written = (tmp_path / str(len(extra)) / "checkpoint.pt").stat().st_size
+        assert 0.9 < written / checkpoint_bytes(cfg) < 1.1, (extra, written, checkpoint_bytes(cfg))

@@ -151,3 +151,18 @@ def test_a_step_off_the_plan_is_scored_on_what_was_written(tiny_tokenizer):
     # Written: 2 + 2 = 4 derives the boxed 4, so the answer step is right; the plan would have said wrong.
     assert traj["next", "prm_reward"].flatten().tolist() == [1.0, 1.0]
     assert env.planned[0] is None and prm.calls == 3  # the plan, then both steps live
+
+
+@pytest.mark.parametrize("mode", ["step", "response"])
+def test_the_collector_runs_the_policy_itself_never_a_copy_on_another_device(greedy_cfg, mode):
+    # A TorchRL collector deep-copies a policy whose parameters are not on its policy device (the env's CPU, for a
+    # model on cuda:0), and would generate with that stale copy. The model is held outside the module tree, so
+    # asked to place the actor on another device ("meta" stands in for a GPU here) the collector keeps it as is.
+    cfg = greedy_cfg()
+    env, policy = make_env(cfg), make_policy(cfg)
+    assert policy.model is not None and not list(policy.parameters())
+    collector = make_collector(env, policy, mode)
+    actor = rollout_actor(env, policy, mode)
+    placed, _ = collector._get_policy_and_device(policy=actor, policy_device=torch.device("meta"))
+    assert placed is actor
+    collector.shutdown()
