@@ -9,6 +9,7 @@ gets no verifiable reward).
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 from collections.abc import Callable
@@ -60,6 +61,21 @@ def _boxed_answer(raw: object) -> str | None:
     return answer
 
 
+def _answer_list(value) -> str | None:
+    """OlympiadBench's ``final_answer``: a list (or a Python-style list written as text, ``"['2']"``) of the
+    answer's values; several values become one comma-separated answer (``"3, 5"``), which math-verify reads as
+    a set, so a response must give them all, in any order."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            return value.strip() or None
+    if isinstance(value, (list, tuple)):
+        parts = [str(v).replace("$", "").strip() for v in value if str(v).replace("$", "").strip()]
+        return ", ".join(parts) or None
+    return None if value is None else str(value).strip() or None
+
+
 # How a file's answer field becomes the reference answer (``env.answer_format``).
 ANSWER_PARSERS: dict[str, Callable[[object], str | None] | None] = {
     "text": None,
@@ -85,6 +101,7 @@ PRESETS: dict[str, DatasetPreset] = {
     "aime24": DatasetPreset("aime24/test.jsonl", "problem", "answer", _number_answer, "id"),
     "amc23": DatasetPreset("amc23/test.jsonl", "question", "answer", _number_answer, "id"),
     "minerva": DatasetPreset("minerva_math/test.jsonl", "problem", "solution", _boxed_answer),
+    "olympiadbench": DatasetPreset("olympiadbench/test.jsonl", "question", "final_answer", _answer_list, "id"),
 }
 
 

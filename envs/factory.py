@@ -213,7 +213,8 @@ def make_env(
         cfg: the run config (``pure_rl.config.RunConfig``).
         split: ``"train"`` (``prompts_per_iter x samples_per_prompt`` episodes, grouped) or ``"eval"``
             (held-out problems, one sample each).
-        batch_size: override the number of episodes (eval: defaults to ``train.eval_prompts``).
+        batch_size: override the number of episodes (eval: defaults to ``train.eval_prompts``; at most every
+            problem of a finite held-out set once per sample).
         prm: a PRM built by hand (or already built: a 7B PRM is loaded once for train and eval envs); default
             the configured one.
         group_size: samples per problem (default: ``train.samples_per_prompt`` for train, 1 for eval).
@@ -230,6 +231,10 @@ def make_env(
         seed = cfg.train.seed + EVAL_SEED_OFFSET
     group = group_size or group
     source = source if source is not None else make_source(cfg, split)
+    if split == "eval" and len(source) > 0:
+        # A finite held-out set is scored once per problem: a batch larger than the set would wrap around and
+        # count some problems twice (30 AIME problems in a batch of 500: each 16-17 times).
+        size = min(size, len(source) * group)
     if (
         cfg.env.reward_mode != "prm"
         and 0 < len(source)

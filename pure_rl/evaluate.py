@@ -4,8 +4,12 @@ Accuracy is the verifier's (last ``\\boxed{}`` against the reference), with gree
 problem; ``--samples K`` also samples K responses per problem at the policy's temperature (what training
 sees) and reports their accuracy and pass@K; ``--best-of N`` samples N and picks one by the PRM's aggregated
 step scores (:mod:`pure_rl.best_of_n`), beside majority vote and pass@n, writing a table, JSON and a plot.
-With ``--run-dir`` the policy weights come from that run's checkpoint; without it, from the config's starting
-model (after its ``warmup`` section, if any: the cached warmed-up model).
+With ``--run-dir`` the policy weights come from that run's checkpoint (a LoRA run's adapters on its base model);
+without it, from the config's starting model (after its ``warmup`` section, if any: the cached warmed-up model).
+
+``--benchmarks paper`` scores greedy pass@1 on the PURE paper's five benchmarks (AIME24, AMC23, MATH-500, Minerva
+Math, OlympiadBench: the shipped files), every problem once, and prints them with their average as the paper's
+table does; ``--benchmarks`` also takes a comma-separated list of dataset presets.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import sys
 
 import torch
 
-__all__ = ["evaluate", "greedy"]
+__all__ = ["PAPER_BENCHMARKS", "evaluate", "evaluate_benchmarks", "greedy"]
+
+# The PURE paper's evaluation table, in its column order (dataset presets of envs.datasets).
+PAPER_BENCHMARKS = ("aime24", "amc23", "math500", "minerva", "olympiadbench")
 
 
 @contextlib.contextmanager
@@ -50,6 +57,33 @@ def evaluate(env, policy, mode: str = "response", sampled: bool = False) -> dict
     if sampled:
         return {f"eval_sampled_{k}": m[k] for k in (*keys, "pass_at_n") if k in m}
     return {f"eval_{k}": m[k] for k in keys if k in m}
+
+
+def evaluate_benchmarks(cfg, policy, names, problems: int | None = None) -> dict[str, dict]:
+    """Greedy pass@1 on each named held-out set (``env.eval_dataset`` set to it), every problem once (the first
+    ``problems`` of each when given); returns ``{name: metrics}`` with each set's ``problems`` count."""
+    import dataclasses
+
+    from envs import make_env
+
+    out = {}
+    prm = None
+    for name in names:
+        bench_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, eval_dataset=name))
+        env = make_env(bench_cfg, split="eval", batch_size=problems or 10**9, prm=prm)
+        prm = env.prm  # one PRM for all sets
+        out[name] = {**evaluate(env, policy, cfg.policy.rollout_mode), "problems": env.batch_size[0]}
+    return out
+
+
+def benchmark_table(results: dict[str, dict]) -> str:
+    """The paper's layout: one row, a column per benchmark and their unweighted average, pass@1 in percent."""
+    names = list(results)
+    accuracy = [100 * results[n]["eval_accuracy"] for n in names]
+    head = "| " + " | ".join(f"{n} ({results[n]['problems']})" for n in names) + " | average |"
+    rule = "| " + " | ".join("---" for _ in names) + " | --- |"
+    row = "| " + " | ".join(f"{a:.1f}" for a in accuracy) + f" | {sum(accuracy) / len(accuracy):.1f} |"
+    return "\n".join([head, rule, row])
 
 
 def run_best_of_n(cfg, policy, problems: int, args, config: str) -> dict:
@@ -120,6 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--best-of-batch", type=int, default=256, help="best-of-N: responses generated at once (problems x N)"
     )
+    p.add_argument(
+        "--benchmarks",
+        default=None,
+        help="'paper' (AIME24, AMC23, MATH-500, Minerva Math, OlympiadBench) or comma-separated dataset presets: "
+        "greedy pass@1 on each, every problem once, and their average",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.eval_dataset=gsm8k")
     args = p.parse_args(argv)
     if args.samples < 0:
@@ -138,11 +178,35 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(config, args.overrides)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    # A run's checkpoint replaces the weights, so only a config's own starting point needs its warm-up.
-    policy = make_policy(cfg, model_name=None if args.run_dir else warmed_up_model(cfg))
+    benchmarks = None
+    if args.benchmarks:
+        from envs.datasets import PRESETS
+
+        benchmarks = PAPER_BENCHMARKS if args.benchmarks == "paper" else tuple(args.benchmarks.split(","))
+        unknown = [b for b in benchmarks if b not in PRESETS]
+        if unknown:
+            sys.exit(f"--benchmarks: {unknown[0]!r} is not a dataset preset; use 'paper' or of {', '.join(PRESETS)}")
+    # A run's checkpoint replaces the weights, so only a config's own starting point needs its warm-up (and a LoRA
+    # run's, whose adapters sit on that starting point).
+    lora = cfg.lora.rank > 0
+    policy = make_policy(cfg, model_name=None if args.run_dir and not lora else warmed_up_model(cfg))
     if args.run_dir:
-        policy.model.load_state_dict(load_checkpoint(args.run_dir)["model"])
+        state = load_checkpoint(args.run_dir)["model"]
+        if lora:
+            # A LoRA run's checkpoint holds its adapters: put them on the starting model the config names.
+            from agents.lora import apply_lora, load_adapter_state
+
+            policy.model = apply_lora(
+                policy.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules
+            )
+            load_adapter_state(policy.model, state)
+        else:
+            policy.model.load_state_dict(state)
         policy.sync_weights()
+    if benchmarks:
+        results = evaluate_benchmarks(cfg, policy, benchmarks, args.problems)
+        print(benchmark_table(results))
+        return results
     env = make_env(cfg, split="eval", batch_size=args.problems)
     result = evaluate(env, policy, cfg.policy.rollout_mode)
     problems = env.batch_size[0]
