@@ -3,8 +3,10 @@
 - :func:`apply_lora` injects adapters into the policy's own modules (so every engine that runs the base model
   object, the transformers backend included, generates with them) and freezes the base weights.
 - The KL reference is the same model with its adapters disabled (:class:`AdaptersDisabled`): no second copy.
-- :func:`engine_weights` gives the merged weights under the base model's own names, computed as ``W + B A s``
-  without touching ``W`` (so repeated syncs never drift): what the vLLM weight sync pushes and export saves.
+- :func:`iter_engine_weights` yields the weights an engine needs one tensor at a time under the base model's own
+  names, an adapted layer's merged ``W + B A s`` computed when it is reached, without touching ``W`` (so repeated
+  syncs never drift) and without ever holding more than one merged layer: what the vLLM weight sync streams.
+  :func:`engine_weights` collects them (export).
 - Checkpoints hold the adapters only (:func:`adapter_state`, :func:`load_adapter_state`); the base weights are
   the run's starting model, which the config names.
 """
@@ -13,7 +15,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["AdaptersDisabled", "adapter_state", "apply_lora", "engine_weights", "is_lora", "load_adapter_state"]
+__all__ = [
+    "AdaptersDisabled",
+    "adapter_state",
+    "apply_lora",
+    "engine_weights",
+    "is_lora",
+    "iter_engine_weights",
+    "load_adapter_state",
+]
 
 
 def _peft():
@@ -52,29 +62,40 @@ class AdaptersDisabled(torch.nn.Module):
             return self.model(*args, **kwargs)
 
 
-def engine_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights an inference engine needs, by the base model's parameter names: for a LoRA model the merged
-    ``W + delta`` of every adapted layer (computed, ``W`` untouched); otherwise the parameters themselves (tied
-    weights once, as ``named_parameters`` lists them)."""
+@torch.no_grad()  # on a generator torch sets the mode around each step, so it never leaks into the caller
+def iter_engine_weights(model: torch.nn.Module, dtype: torch.dtype | None = None):
+    """``(name, tensor)`` pairs of the weights an inference engine needs, one at a time, by the base model's
+    parameter names, cast to ``dtype`` when given: for a LoRA model an adapted layer's merged ``W + delta``
+    (computed when the layer is reached, ``W`` untouched); otherwise the parameters themselves (tied weights once,
+    as ``named_parameters`` lists them; no copy unless a cast needs one)."""
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t if dtype is None else t.to(dtype)
+
     if not is_lora(model):
-        return {k: v.detach() for k, v in model.named_parameters()}
+        for name, param in model.named_parameters():
+            yield name, cast(param.detach())
+        return
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
-    merged = {}
-    with torch.no_grad():
-        for module_name, module in base.named_modules():
-            if isinstance(module, LoraLayer):
-                weight = module.get_base_layer().weight
-                delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
-                merged[f"{module_name}.weight"] = weight + delta.to(weight.dtype)
-        out = {}
-        for name, param in base.named_parameters():
-            if ".lora_" in name:
-                continue
-            clean = name.replace(".base_layer.", ".")
-            out[clean] = merged.get(clean, param.detach())
-    return out
+    adapted = {f"{n}.weight": m for n, m in base.named_modules() if isinstance(m, LoraLayer)}
+    for name, param in base.named_parameters():
+        if ".lora_" in name:
+            continue
+        clean = name.replace(".base_layer.", ".")
+        layer = adapted.get(clean)
+        if layer is None:
+            yield clean, cast(param.detach())
+            continue
+        weight = layer.get_base_layer().weight
+        delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+        yield clean, cast(weight + delta.to(weight.dtype))
+
+
+def engine_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """:func:`iter_engine_weights` collected into a dict (export; the weight sync streams them instead)."""
+    return dict(iter_engine_weights(model))
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

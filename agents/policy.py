@@ -22,6 +22,7 @@ from envs.ragged import log_probs_stack, text_stack, token_id_lists, token_ids_s
 
 __all__ = [
     "ReasoningPolicy",
+    "engine_dtype",
     "generation_log_probs",
     "load_model_and_tokenizer",
     "make_policy",
@@ -142,6 +143,13 @@ class ReasoningPolicy(TensorDictModuleBase):
         )
         return gens
 
+    def release_engine(self) -> None:
+        """Let the generation engine free its memory until the next :meth:`sync_weights` (vLLM's sleep mode when
+        ``policy.vllm_sleep``; a no-op otherwise)."""
+        release = getattr(self.backend, "release", None)
+        if release is not None:
+            release()
+
     def sync_weights(self) -> None:
         """Make the generation engine use the current weights of :attr:`model` (after an optimiser step)."""
         if self.model is not None:
@@ -180,6 +188,13 @@ def make_reference_model(
     return ref
 
 
+def engine_dtype(pc) -> str:
+    """``policy.engine_dtype`` resolved: ``auto`` is bfloat16 on a CUDA device, the policy's dtype elsewhere."""
+    if pc.engine_dtype != "auto":
+        return pc.engine_dtype
+    return "bfloat16" if str(pc.device).startswith("cuda") else pc.dtype
+
+
 def make_policy(cfg, eos_token_ids: Sequence[int] | None = None, model_name: str | None = None) -> ReasoningPolicy:
     """The configured policy: model, tokenizer and backend from ``cfg.policy``; budgets from ``cfg.env``.
 
@@ -200,11 +215,12 @@ def make_policy(cfg, eos_token_ids: Sequence[int] | None = None, model_name: str
         backend = VLLMBackend(
             path,
             tokenizer,
-            dtype=pc.dtype,
+            dtype=engine_dtype(pc),
             gpu_memory_utilization=pc.gpu_memory_utilization,
             max_model_len=pc.max_model_len,
             block_size=pc.vllm_block_size,
             kv_cache_gib=pc.vllm_kv_cache_gib,
+            sleep_mode=pc.vllm_sleep,
             **sampling,
         )
     else:

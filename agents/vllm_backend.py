@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from agents.generation import Generation
-from agents.lora import engine_weights
+from agents.lora import iter_engine_weights
 from envs.steps import ends_step, is_answer_step, split_token_steps
 
 __all__ = ["VLLMBackend", "VLLMNotAvailableError"]
@@ -38,7 +38,8 @@ class VLLMBackend:
         model_dir: HF model folder (the embedded default is converted to one).
         tokenizer: the policy tokenizer (decodes for stop checks and metrics).
         separator, temperature, top_p, seed: as for :class:`~agents.generation.TransformersBackend`.
-        dtype: engine dtype (float32 on CPUs without bf16 units).
+        dtype: engine dtype (``policy.engine_dtype``: bfloat16 on GPUs; float32 on CPUs without bf16 units); the
+            weight sync casts the trained weights to it.
         max_model_len: prompt + response tokens.
         gpu_memory_utilization: GPU only.
         kv_cache_gib: CPU only, ``VLLM_CPU_KVCACHE_SPACE``.
@@ -46,6 +47,7 @@ class VLLMBackend:
             generation (each step re-sends the response so far); the CPU kernel takes multiples of 32 only.
         max_num_batched_tokens: tokens the scheduler packs into one engine step (prefill chunking); None: vLLM's
             default (4096 on CPU).
+        sleep_mode: CUDA only: :meth:`release` frees the engine's weights and KV cache until the next sync.
     """
 
     def __init__(
@@ -64,8 +66,11 @@ class VLLMBackend:
         block_size: int = 32,
         max_num_batched_tokens: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
+        sleep_mode: bool = False,
     ):
         on_gpu = torch.cuda.is_available()
+        if sleep_mode and not on_gpu:
+            raise ValueError("policy.vllm_sleep=true needs a CUDA device: vLLM's sleep mode frees GPU memory only")
         if not on_gpu and block_size % 32:
             # Checked before vLLM starts: its own error comes from deep in the worker, after the engine spawned.
             raise ValueError(
@@ -85,6 +90,7 @@ class VLLMBackend:
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.dtype = dtype
         self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
         kwargs = dict(
             model=str(model_dir),
@@ -98,8 +104,10 @@ class VLLMBackend:
         )
         if max_num_batched_tokens is not None:
             kwargs["max_num_batched_tokens"] = max_num_batched_tokens
+        self.sleep_mode = sleep_mode
         if on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = sleep_mode
         else:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
             # Binding OpenMP threads to the cores nearly doubles CPU throughput (SmolLM2 fp32, 32 sequences: 119 -> 209
@@ -113,7 +121,11 @@ class VLLMBackend:
             # cores; rollouts of a few hundred tokens on 2 cores ran 6% faster without it (rollout benchmark
             # setting, interleaved A/B, 7 generations each: median 221 vs 207 tok/s).
             os.environ.setdefault("VLLM_CPU_ATTN_SPLIT_KV", "0")
+        # The engine in this process: the weight sync hands it the trainer's tensors (agents.vllm_sync).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.llm = vllm.LLM(**kwargs)
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        self.in_process = type(core).__name__ == "InprocClient"
         # TorchRL's wrapper calls generate() with vLLM's default progress bar on: one bar per env step is noise.
         self.llm.generate = functools.partial(self.llm.generate, use_tqdm=False)
         self._vllm_wrapper = None
@@ -218,16 +230,42 @@ class VLLMBackend:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
+    def release(self) -> None:
+        """With sleep mode, free the engine's GPU memory (weights and KV cache, level 1) for the update."""
+        if self.sleep_mode and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    _asleep = False
+
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Push ``model``'s weights into the engine (see :mod:`agents.vllm_sync`) and drop stale KV blocks."""
+        """Push ``model``'s weights into the engine (see :mod:`agents.vllm_sync`) and drop stale KV blocks.
+
+        An engine in this process gets them streamed in place, one tensor at a time, cast to its dtype as they
+        go (a LoRA layer merged when it is reached); one in another process reads them from a file."""
+        if self._asleep:
+            torch.cuda.empty_cache()  # what the update freed goes back to the engine before it wakes
+            self.llm.wake_up()
+            self._asleep = False
+        dtype = getattr(torch, self.dtype)
+        if self.in_process:
+            self.llm.collective_rpc("pure_rl_reload_weights", args=(iter_engine_weights(model, dtype),))
+        else:
+            self.sync_weights_through_file(model)
+        # Cached prefixes were computed with the old weights.
+        self.llm.reset_prefix_cache()
+
+    def sync_weights_through_file(self, model: torch.nn.Module) -> None:
+        """The sync for an engine in another process: every weight written to one safetensors file (in
+        ``/dev/shm`` where it exists, so it never touches a disk) that the engine's worker reads."""
         from safetensors.torch import save_file
 
         folder = "/dev/shm" if Path("/dev/shm").is_dir() else None
+        dtype = getattr(torch, self.dtype)
         with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=folder) as f:
             # Tied weights once (vLLM ties them itself); a LoRA model's adapters merged into its base names.
-            save_file({k: v.to("cpu").contiguous() for k, v in engine_weights(model).items()}, f.name)
+            save_file({k: v.to("cpu").contiguous() for k, v in iter_engine_weights(model, dtype)}, f.name)
             self.llm.collective_rpc("pure_rl_load_weights", args=(f.name,))
-        # Cached prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
 
     def shutdown(self) -> None:

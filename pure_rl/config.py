@@ -165,6 +165,14 @@ class PolicyConfig:
     dtype: str = opt(
         "float32", "parameter dtype (float32 on CPUs without bf16 units)", choices=("float32", "bfloat16", "float16")
     )
+    engine_dtype: str = opt(
+        "auto",
+        "vllm: the generation engine's dtype, apart from the trained weights' (policy.dtype): auto is bfloat16 on a "
+        "CUDA device and policy.dtype elsewhere (bf16 ran ~5x slower than fp32 on the CPUs here). The weight sync "
+        "casts as it copies. A 16-bit engine samples from slightly different probabilities than the trainer "
+        "computes: algo.engine_is_correction corrects the loss for it",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
     device: str = opt("cpu", "torch device of the trained policy, e.g. cpu or cuda:0")
     temperature: float = opt(0.7, "sampling temperature for rollouts", check=non_negative, allowed=">= 0")
     top_p: float = opt(1.0, "nucleus sampling mass", check=lambda v: 0 < v <= 1, allowed="in (0, 1]")
@@ -177,6 +185,11 @@ class PolicyConfig:
     )
     gpu_memory_utilization: float = opt(
         0.5, "vllm: share of GPU memory for the engine", check=lambda v: 0 < v <= 1, allowed="in (0, 1]"
+    )
+    vllm_sleep: bool = opt(
+        False,
+        "vllm on CUDA: the engine releases its weights and KV cache (vLLM's sleep mode, level 1) after each rollout "
+        "and wakes before the weight sync, so the update has the engine's share of the device (CUDA only)",
     )
     vllm_kv_cache_gib: int = opt(
         4, "vllm on CPU: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE)", check=positive, allowed="> 0"
@@ -296,6 +309,19 @@ class AlgoConfig:
     )
     whiten: bool = opt(True, "whiten advantages over the batch")
     clip_epsilon: float = opt(0.2, "PPO ratio clip", check=positive, allowed="> 0")
+    engine_is_correction: str = opt(
+        "none",
+        "importance-sampling correction for the generation engine's numerics (a bf16 vLLM engine beside fp32 "
+        "masters): 'tis' weights each token's loss by min(pi_trainer_old / pi_engine, algo.engine_is_cap), "
+        "computed once per batch and not differentiated (truncated IS: TRL's vllm_importance_sampling_correction, "
+        "verl's rollout_is); the trainer then recomputes the old log-probs instead of taking the engine's. "
+        "'none': no weight",
+        choices=("none", "tis"),
+    )
+    engine_is_cap: float = opt(
+        2.0, "the truncation of algo.engine_is_correction's weights (TRL's default: 2)", check=lambda v: v >= 1,
+        allowed=">= 1",
+    )  # fmt: skip
     kl_coef: float = opt(0.001, "KL-to-reference coefficient", check=non_negative, allowed=">= 0")
     kl_estimator: str = opt("k1", "KL form: k1 in the reward (paper) or k3 as a loss term", choices=("k1", "k3"))
     entropy_coef: float = opt(0.0, "entropy bonus coefficient", check=non_negative, allowed=">= 0")

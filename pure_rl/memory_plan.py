@@ -244,7 +244,9 @@ def storage_plan(cfg, run_dir: str | Path, arch: Architecture) -> list[Storage]:
         )
     ]
     param_bytes = _BYTES[cfg.policy.dtype]
-    if cfg.policy.backend == "vllm" and Path("/dev/shm").is_dir():
+    # An engine in this process takes the weights streamed in place; one in another process reads a file.
+    engine_elsewhere = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "1"
+    if cfg.policy.backend == "vllm" and engine_elsewhere and Path("/dev/shm").is_dir():
         out.append(
             Storage(
                 "/dev/shm",
@@ -301,11 +303,19 @@ def memory_plan(cfg, device_memory_gib: float | None = None, run_dir: str | Path
     rows = tc.prompts_per_iter * tc.samples_per_prompt
     on_gpu = device != "cpu"
     if pc.backend == "vllm":
+        from agents.policy import engine_dtype
+
+        engine = engine_dtype(pc)
+        engine_bytes = _BYTES[engine]
         if on_gpu and device_memory_gib is not None:
             add(device, f"vLLM engine (gpu_memory_utilization {pc.gpu_memory_utilization} of the device)",
                 pc.gpu_memory_utilization * device_memory_gib * GIB)  # fmt: skip
         elif not on_gpu:
-            add(device, "vLLM engine (16-bit weights + KV cache)", n * 2 + pc.vllm_kv_cache_gib * GIB)
+            add(device, f"vLLM engine ({engine} weights + KV cache)", n * engine_bytes + pc.vllm_kv_cache_gib * GIB)
+        # The sync streams one tensor at a time, cast (or a LoRA layer merged) as it goes: the largest is the
+        # embedding (vocabulary x hidden), or an adapted MLP projection.
+        largest = max(arch.vocab * arch.hidden, arch.hidden * arch.intermediate)
+        add(device, f"weight sync: one tensor at a time ({engine}, the largest)", largest * engine_bytes)
     else:
         add(device, f"generation KV cache ({rows} sequences x {seq} tokens)",
             rows * seq * arch.layers * 2 * arch.kv_dim * param_bytes)  # fmt: skip

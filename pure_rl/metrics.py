@@ -104,7 +104,8 @@ def token_metrics(traj: TensorDictBase, tokens: TensorDictBase) -> dict[str, flo
     sequence's mean, then the batch's): the update's net push on the sampled tokens (negative: it lowers them on
     average, and so raises the unsampled ones, masked boundary tokens included).
     ``advantage_boundary_mean`` is the step advantage at the boundary tokens (separator-ending and EOS), and
-    ``boundary_token_share`` the share of response tokens they are.
+    ``boundary_token_share`` the share of response tokens they are. With ``algo.engine_is_correction`` the
+    truncated importance weights' mean, min and max over response tokens (``engine_is_weight_*``).
     """
     response = tokens["response_mask"]
     carries = tokens["advantage_mask"]
@@ -113,7 +114,14 @@ def token_metrics(traj: TensorDictBase, tokens: TensorDictBase) -> dict[str, flo
     per_seq = (adv * carries).sum(-1) / carries.sum(-1).clamp(min=1)
     step_adv = traj.get("advantage").reshape(traj.shape).float()
     at_boundary = step_adv.gather(-1, tokens["step_index"].clamp(min=0))[boundary]
+    engine = {}
+    if "is_weight" in tokens.keys() and response.any():
+        # algo.engine_is_correction: how far the engine's sampling distribution sits from the trainer's.
+        w = tokens["is_weight"][response].float()
+        engine = {"engine_is_weight_mean": w.mean().item(), "engine_is_weight_min": w.min().item(),
+                  "engine_is_weight_max": w.max().item()}  # fmt: skip
     return {
+        **engine,
         "advantage_token_mean": per_seq[carries.any(-1)].mean().item() if carries.any() else 0.0,
         "advantage_boundary_mean": at_boundary.mean().item() if at_boundary.numel() else 0.0,
         "boundary_token_share": boundary.sum().item() / max(1, response.sum().item()),

@@ -355,6 +355,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             traj = next(batches)
         rollout_s = time.perf_counter() - t0
         reward_s = env.reward_seconds
+        policy.release_engine()  # with policy.vllm_sleep the update gets the engine's memory until the sync
         peaks = {"peak_gib_rollout": cuda_peak_gib(cfg.policy.device)}
 
         # 2. Tokens, old-policy and reference log-probs, KL in the reward (k1), credit assignment.

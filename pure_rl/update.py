@@ -24,6 +24,7 @@ from agents.log_probs import batch_log_probs
 from envs.steps import ends_step
 from pure_rl import registry
 from pure_rl.objectives.credit import whiten_nonzero
+from pure_rl.objectives.loss import truncated_importance_weights
 from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
 
 __all__ = [
@@ -170,14 +171,20 @@ def add_credit(
     )
     # After the first optimiser step the policy is no longer the one that sampled: the ratio needs the old one.
     several_steps = optimizer_steps_per_batch(cfg, tokens.shape[0]) > 1
+    # The engine-mismatch correction compares the trainer's own old log-probs with the engine's sampled ones.
+    correct = cfg.algo.engine_is_correction == "tis" and tokens.get("sample_log_prob", None) is not None
     old = None
-    if reference is not None and not several_steps and cfg.train.old_log_probs == "generation":
+    if reference is not None and not several_steps and cfg.train.old_log_probs == "generation" and not correct:
         old = sampled_log_probs(tokens)
-    if several_steps or (reference is not None and old is None):
+    if several_steps or (reference is not None and old is None) or correct:
         with autocast(cfg):
             old = batch_log_probs(model, tokens, **passes)
         if several_steps:
             tokens["old_log_prob"] = old
+    if correct:
+        tokens["is_weight"] = truncated_importance_weights(
+            old, tokens["sample_log_prob"], tokens["response_mask"], cfg.algo.engine_is_cap
+        )
     if reference is not None:
         with autocast(cfg):
             ref = batch_log_probs(reference, tokens, **passes)

@@ -4,6 +4,7 @@ rate, where updating bf16 weights directly rounds the steps away; the schedule, 
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -118,3 +119,58 @@ def test_memory_and_precision_levers_train(tmp_path, warm_tiny_path, overrides):
     rows = read_metrics(run_dir / "logs" / "scalars")
     assert [r["iteration"] for r in rows] == [1.0, 2.0]
     assert all(r["grad_norm"] > 0 and torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+def test_truncated_importance_weights_by_hand():
+    from pure_rl.objectives.loss import truncated_importance_weights
+
+    trainer = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    engine = torch.tensor([[-1.1, -1.0, float("nan"), -3.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = truncated_importance_weights(trainer, engine, mask, cap=1.05)
+    expected = torch.tensor([[min(math.exp(0.1), 1.05), math.exp(-1.0), 1.0, 0.0]])
+    torch.testing.assert_close(w, expected)
+
+
+def test_the_importance_weight_multiplies_each_tokens_surrogate():
+    # On-policy (ratio 1) the surrogate is the advantage: the loss is minus the per-sequence mean of w * A, and
+    # its gradient through the log-probs is scaled token by token by w.
+    log_probs = torch.tensor([[-1.0, -0.5, -2.0], [-0.3, -0.7, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    advantage = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, 0.0]])
+    weight = torch.tensor([[0.5, 1.0, 2.0], [1.5, 0.25, 0.0]])
+    loss = StepTokenPPOLoss(torch.nn.Linear(1, 1), kl_coef=0.0, log_prob_fn=lambda m, t, e: (log_probs, log_probs))
+
+    def batch(**extra):
+        return TensorDict({"response_mask": mask, "advantage": advantage, **extra}, batch_size=[2])
+
+    out = loss(batch(is_weight=weight))
+    per_seq = ((weight * advantage * mask).sum(-1) / mask.sum(-1)).mean()
+    torch.testing.assert_close(out["loss_objective"], -per_seq)
+    out["loss_objective"].backward()
+    torch.testing.assert_close(log_probs.grad, -(weight * advantage * mask) / mask.sum(-1, keepdim=True) / 2)
+    log_probs.grad = None
+    loss(batch())["loss_objective"].backward()  # no weight: today's loss
+    torch.testing.assert_close(log_probs.grad, -(advantage * mask) / mask.sum(-1, keepdim=True) / 2)
+
+
+def test_the_engine_correction_compares_the_trainers_log_probs_with_the_engines(greedy_cfg):
+    # An engine whose numbers differ from the trainer's (here: its sampled log-probs shifted by a known delta, as a
+    # bf16 engine's are by rounding) gets weights exp(-delta), capped; the KL then uses the trainer's own.
+    from agents import make_policy
+    from envs import make_env
+    from pure_rl.rollout import collect
+    from pure_rl.update import add_credit, make_estimator, policy_token_batch
+
+    cfg = greedy_cfg("algo.engine_is_correction=tis", "algo.engine_is_cap=1.2", "policy.temperature=1.0")
+    env, policy = make_env(cfg), make_policy(cfg)
+    traj = collect(env, policy, "response")
+    tokens = policy_token_batch(traj, policy, cfg)
+    mask = tokens["response_mask"]
+    delta = torch.where(torch.arange(mask.shape[1]) % 2 == 0, 0.3, -0.3).expand_as(mask) * mask
+    tokens["sample_log_prob"] = tokens["sample_log_prob"] + delta
+    loss = StepTokenPPOLoss(policy.model, kl_coef=cfg.algo.kl_coef, log_prob_fn=lambda *a: None)
+    add_credit(traj, tokens, policy.model, policy.model, make_estimator(loss, cfg), cfg)
+    expected = torch.exp(-delta).clamp(max=1.2) * mask
+    torch.testing.assert_close(tokens["is_weight"], expected, atol=2e-4, rtol=2e-4)
+    assert (tokens["is_weight"][mask] < 1).any() and (tokens["is_weight"][mask] == 1.2).any()

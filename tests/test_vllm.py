@@ -108,10 +108,16 @@ def test_vllm_log_probs_are_the_models_own_at_temperature_one(vllm_policy, monke
         torch.testing.assert_close(engine[finite], ours[finite], atol=2e-3, rtol=0)
 
 
-def test_vllm_weight_sync_makes_the_engine_follow_the_trained_model(vllm_policy):
+@pytest.mark.parametrize("through", ["stream", "file"])
+def test_vllm_weight_sync_makes_the_engine_follow_the_trained_model(vllm_policy, through):
+    # "stream": the engine in this process takes the trainer's tensors in place, one at a time (the default);
+    # "file": the safetensors file an engine in another process reads.
     from agents.generation import TransformersBackend
 
     cfg, policy = vllm_policy
+    assert policy.backend.in_process
+    backend = policy.backend
+    push = policy.sync_weights if through == "stream" else lambda: backend.sync_weights_through_file(policy.model)
     model = policy.model
     prompt = [policy.prompt_ids(cfg.env.prompt_template.format(question="Leo has 7 cards. How many?"))]
     before = policy.backend.generate(prompt, [40], stop_at_step=False)[0].token_ids
@@ -127,7 +133,7 @@ def test_vllm_weight_sync_makes_the_engine_follow_the_trained_model(vllm_policy)
         assert hf_after[0].token_ids != before, "the perturbation must change greedy output for the test to mean much"
         stale = policy.backend.generate(prompt, [40], stop_at_step=False)[0].token_ids
         assert stale == before  # no sync yet: the engine still has the old weights
-        policy.sync_weights()
+        push()
         synced = policy.backend.generate(prompt, [40], stop_at_step=False)[0].token_ids
         assert synced == hf_after[0].token_ids
     finally:
@@ -177,3 +183,39 @@ def test_vllm_weight_sync_pushes_a_lora_policys_merged_weights(vllm_policy):
     finally:
         policy.model = lora.unload()  # the base model without adapter layers, as before
         policy.sync_weights()
+
+
+def test_a_bf16_engine_beside_fp32_masters_gets_the_importance_correction(warm_tiny_path):
+    # policy.engine_dtype=bfloat16: the engine runs in bf16 while the trainer keeps fp32 weights; the sync casts,
+    # and the engine's sampled log-probs differ from the trainer's by rounding, which the correction weighs.
+    if not HAVE_VLLM:
+        pytest.skip("vLLM not installed") if os.environ.get("PURE_RL_ALLOW_NO_VLLM") == "1" else pytest.fail("no vLLM")
+    from agents import make_policy
+    from envs import make_env
+    from pure_rl.config import load_config
+    from pure_rl.objectives.loss import StepTokenPPOLoss
+    from pure_rl.rollout import collect
+    from pure_rl.update import add_credit, make_estimator, policy_token_batch
+
+    cfg = load_config(
+        "configs/tiny.yaml",
+        [f"policy.model={warm_tiny_path}", "policy.backend=vllm", "policy.engine_dtype=bfloat16",
+         "policy.max_model_len=512", "policy.temperature=1.0", "env.max_tokens=48", "algo.engine_is_correction=tis",
+         "algo.engine_is_cap=2.0", "train.prompts_per_iter=3", "train.samples_per_prompt=2"],
+    )  # fmt: skip
+    policy = make_policy(cfg)
+    try:
+        assert policy.backend.llm.llm_engine.model_config.dtype == torch.bfloat16
+        assert next(policy.model.parameters()).dtype == torch.float32
+        policy.sync_weights()  # fp32 weights cast to bf16 as they stream
+        env = make_env(cfg)
+        traj = collect(env, policy, "response")
+        tokens = policy_token_batch(traj, policy, cfg)
+        loss = StepTokenPPOLoss(policy.model, kl_coef=cfg.algo.kl_coef, log_prob_fn=lambda *a: None)
+        add_credit(traj, tokens, policy.model, policy.model, make_estimator(loss, cfg), cfg)
+        w = tokens["is_weight"][tokens["response_mask"]]
+        assert w.numel() > 10 and (w <= 2.0).all() and (w > 0).all()
+        assert (w - 1).abs().max() > 1e-3  # bf16 sampling is measurably off the fp32 trainer
+        assert (w - 1).abs().mean() < 0.1  # ... and only by rounding
+    finally:
+        policy.backend.shutdown()

@@ -20,10 +20,25 @@ from torchrl.objectives.common import LossModule
 from pure_rl import registry
 from pure_rl.objectives.credit import valid_steps_from_done
 
-__all__ = ["PUREPPOLoss", "StepTokenPPOLoss"]
+__all__ = ["PUREPPOLoss", "StepTokenPPOLoss", "truncated_importance_weights"]
 
 # (model, token batch, with_entropy) -> (log_probs [B, T], entropy [B, T] or None)
 LogProbFn = Callable[[torch.nn.Module, TensorDictBase, bool], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def truncated_importance_weights(
+    trainer_log_probs: torch.Tensor, engine_log_probs: torch.Tensor, mask: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Per-token ``min(pi_trainer(x) / pi_engine(x), cap)`` on ``mask``, 0 elsewhere, 1 where the engine gave no
+    log-prob (NaN); ``[B, T]`` each.
+
+    The engine that sampled (a bf16 vLLM) and the trainer (fp32 masters, or its own kernels) give the same token
+    slightly different probabilities, so the batch is off-policy for the trainer by that much; weighting each
+    token's loss by this ratio corrects it, and the cap bounds the variance a token the engine found unlikely
+    would add (truncated importance sampling, Yao et al. 2025; TRL's and verl's correction)."""
+    engine = torch.nan_to_num(engine_log_probs, nan=0.0)
+    gap = torch.where(torch.isnan(engine_log_probs), torch.zeros_like(engine), trainer_log_probs - engine)
+    return torch.exp(gap).clamp(max=cap) * mask
 
 
 class PUREPPOLoss(ClipPPOLoss):
@@ -49,8 +64,9 @@ class StepTokenPPOLoss(PUREPPOLoss):
     selects ``"min_form"`` / ``"sum_form"`` by name, as in :class:`PUREPPOLoss`.
 
     ``forward`` takes a token batch (``input_ids``, ``attention_mask``, ``response_mask``, ``advantage``
-    ``[B, T]``, ``prompt_length`` ``[B]``, optionally ``old_log_prob`` and ``ref_log_prob``) and returns
-    ``loss_objective``, ``loss_entropy``, ``loss_kl`` and diagnostics. Without ``old_log_prob`` the batch is
+    ``[B, T]``, ``prompt_length`` ``[B]``, optionally ``old_log_prob``, ``ref_log_prob`` and ``is_weight``, the
+    engine-mismatch correction of :func:`truncated_importance_weights` that multiplies each token's surrogate) and
+    returns ``loss_objective``, ``loss_entropy``, ``loss_kl`` and diagnostics. Without ``old_log_prob`` the batch is
     on-policy and the ratio is exactly 1 (one PPO epoch). ``log_prob_fn`` is the policy's forward pass
     (``agents.log_probs.sequence_log_probs``: each group's shared prompt once, or whole sequences); the loss
     itself knows no model internals.
@@ -114,6 +130,9 @@ class StepTokenPPOLoss(PUREPPOLoss):
         ratio = torch.exp((log_probs - old) * mask)
         eps = self.clip_epsilon  # ClipPPOLoss's buffer
         surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - eps, 1 + eps) * advantage)
+        is_weight = tokens.get("is_weight", None)
+        if is_weight is not None:
+            surrogate = surrogate * is_weight.to(device).to(surrogate.dtype)
         out = {
             "loss_objective": -sequence_mean(surrogate),
             "loss_entropy": -self.entropy_coef * sequence_mean(entropy),
