@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     print(f"micro-batch {args.rows} x {args.tokens} tokens, hidden 64, 2 layers; log-probs and entropy, forward and "
           "backward; peak resident memory above the start of the pass")  # fmt: skip
-    print(f"| vocabulary | one fp32 [B, T, V] MiB | whole: peak MiB (s) | chunks of {args.chunk}: peak MiB (s) | ratio |")
+    chunked = f"chunks of {args.chunk}: peak MiB (s)"
+    print(f"| vocabulary | one fp32 [B, T, V] MiB | whole: peak MiB (s) | {chunked} | chunked / whole |")
     print("| --- | --- | --- | --- | --- |")
     for vocab in map(int, args.vocab.split(",")):
         row = {"vocab": vocab}
