@@ -77,6 +77,15 @@ class VLLMBackend:
                 f"policy.vllm_block_size={block_size}: vLLM's CPU attention needs a multiple of 32 (32, 64, 128, ...); "
                 "set policy.vllm_block_size=32"
             )
+        from transformers import AutoConfig
+
+        positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+        if positions and max_model_len > positions:
+            # vLLM's own error comes from its config validation, ending on a pydantic URL.
+            raise ValueError(
+                f"policy.max_model_len={max_model_len} is more than the model's {positions} positions "
+                f"(max_position_embeddings in {model_dir}/config.json): set policy.max_model_len <= {positions}"
+            )
         try:
             import vllm
         except ImportError as e:

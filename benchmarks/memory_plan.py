@@ -39,7 +39,11 @@ def measured_bytes(cfg) -> dict[str, int]:
          "advantage": torch.randn(rows, t, generator=g) * response, "prompt_length": torch.full((rows,), prompt)},
         batch_size=[rows],
     )  # fmt: skip
-    fn = functools.partial(log_probs_with_entropy, shared_prompt_pass=cfg.train.shared_prompt_pass)
+    fn = functools.partial(
+        log_probs_with_entropy,
+        shared_prompt_pass=cfg.train.shared_prompt_pass,
+        chunk_tokens=cfg.train.logit_chunk_tokens,
+    )
     loss = StepTokenPPOLoss(model, kl_coef=0.0, log_prob_fn=fn)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}

@@ -276,7 +276,9 @@ class LoraConfig:
     alpha: float = opt(
         16.0, "LoRA scaling numerator (the update is scaled by alpha / rank)", check=positive, allowed="> 0"
     )
-    dropout: float = opt(0.0, "dropout on the adapters' input", check=_unit_interval, allowed="in [0, 1]")
+    dropout: float = opt(
+        0.0, "dropout on the adapters' input", check=lambda v: 0 <= v < 1, allowed="in [0, 1) (1 drops every input)"
+    )
     target_modules: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "names of the linear layers that get adapters",
@@ -451,7 +453,10 @@ class LogConfig:
     """Where results go and how often. The selected loggers add their own keys to this section."""
 
     run_dir: str = opt(
-        "runs/{name}", "run directory ({name} is replaced)", check=lambda v: _only_placeholders(v, "name")
+        "runs/{name}",
+        "run directory ({name} is replaced)",
+        check=lambda v: bool(v.strip()) and _only_placeholders(v, "name"),
+        allowed="a non-empty path (an empty one would be the current folder)",
     )
     name: str = opt("default", "run name")
     loggers: list = opt(  # noqa: RUF009 (opt gives a list default its own default_factory)
@@ -569,6 +574,13 @@ def _cross_checks(cfg: RunConfig) -> None:
         raise ConfigError(
             "train.gradient_checkpointing=true needs train.shared_prompt_pass=false: the shared prompt pass keeps "
             "the prompt's KV cache for the backward pass, which checkpointing recomputes without a cache"
+        )
+    rollouts = cfg.train.prompts_per_iter * cfg.train.samples_per_prompt
+    if cfg.train.mini_batch_size > rollouts:
+        raise ConfigError(
+            f"train.mini_batch_size={cfg.train.mini_batch_size} is larger than the rollout batch ({rollouts} = "
+            f"train.prompts_per_iter x train.samples_per_prompt): every step would take the whole batch; set it "
+            f"to at most {rollouts} (0: the whole batch)"
         )
     baseline = registry.entry("baseline", cfg.algo.baseline)
     if baseline.meta.get("needs_group") and cfg.train.samples_per_prompt < 2:

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--best-of", type=int, default=0, help="sample N per problem and select by the PRM (env.prm) for n = 1..N"
     )
     p.add_argument(
-        "--aggregate", nargs="+", default=["min", "last", "prod", "mean"], help="best-of-N: step-score aggregations"
+        "--aggregate", nargs="+", default=None, help="best-of-N: step-score aggregations (default: min last prod mean)"
     )
     p.add_argument("--out", default=None, help="best-of-N: folder for best_of_n.json/.png (default: runs/best_of_n)")
     p.add_argument(
@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"--best-of must be >= 0 (0: no best-of-N), got {args.best_of}")
     if args.best_of_batch < 1:
         sys.exit(f"--best-of-batch must be >= 1, got {args.best_of_batch}")
+    if args.problems is not None and args.problems < 1:
+        sys.exit(f"--problems must be >= 1 (leave it out for train.eval_prompts), got {args.problems}")
+    if args.aggregate is not None and not args.best_of:
+        sys.exit("--aggregate chooses best-of-N's step-score aggregations: give --best-of N with it")
+    args.aggregate = args.aggregate or ["min", "last", "prod", "mean"]
     from pure_rl.best_of_n import AGGREGATIONS
 
     unknown = [a for a in args.aggregate if a not in AGGREGATIONS]

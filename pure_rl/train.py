@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="load and validate the config, build nothing, exit")
     p.add_argument(
         "--device-memory",
-        type=float,
+        type=device_memory_gib,
         default=None,
         metavar="GIB",
         help="with --dry-run: print the memory plan for devices of this many GiB (exit 3 when it does not fit)",
@@ -63,6 +63,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.temperature=0.05 train.lr=3e-6")
     return p.parse_intermixed_args(argv)  # flags may follow the overrides
+
+
+def device_memory_gib(text: str) -> float:
+    """``--device-memory``: a positive, finite number of GiB."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of GiB (e.g. 80), got {text!r}")
+    return value
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:

@@ -173,3 +173,52 @@ def test_auto_backend_is_vllm_exactly_when_it_is_installed(monkeypatch, installe
     # Resolved when the config loads, so a run's saved config names the engine it used, and its resume keeps it.
     assert load_config(CONFIGS / "tiny.yaml", ["policy.backend=auto"]).policy.backend == cfg.policy.backend
     assert load_config(CONFIGS / "tiny.yaml").policy.backend == "transformers"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lora.dropout=1.0", r"lora\.dropout=1\.0 is not allowed; it must be in \[0, 1\)"),
+        ("log.run_dir=''", r"log\.run_dir='' is not allowed; it must be a non-empty path"),
+        ("train.mini_batch_size=5", r"train\.mini_batch_size=5 is larger than the rollout batch \(4 = "),
+    ],
+)
+def test_a_value_that_would_make_a_run_do_nothing_or_something_else_is_refused(override, message):
+    # dropout 1 trains nothing; an empty run folder is the current one; a mini-batch above the rollout batch is
+    # silently the whole batch.
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/tiny.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--problems", "0"], "--problems must be >= 1"),
+        (["--aggregate", "min"], "give --best-of N with it"),
+    ],
+)
+def test_evaluate_refuses_flags_it_would_ignore_or_bend(argv, message):
+    from pure_rl.evaluate import main
+
+    with pytest.raises(SystemExit, match=message):
+        main(["--config", "configs/tiny.yaml", *argv])
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-3", "lots"])
+def test_device_memory_must_be_a_positive_finite_number(value, capsys):
+    from pure_rl.train import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", "configs/tiny.yaml", "--dry-run", "--device-memory", value])
+    assert stop.value.code == 2 and "--device-memory" in capsys.readouterr().err
+
+
+def test_a_vllm_context_longer_than_the_models_positions_is_refused_before_the_engine(tiny_model_path):
+    import json
+
+    from agents.vllm_backend import VLLMBackend
+
+    positions = json.loads((tiny_model_path / "config.json").read_text())["max_position_embeddings"]
+    expected = rf"policy\.max_model_len={positions + 1} is more than the model's {positions}"
+    with pytest.raises(ValueError, match=expected):
+        VLLMBackend(str(tiny_model_path), tokenizer=None, max_model_len=positions + 1)
