@@ -216,7 +216,10 @@ class PRMInputFormat:
         return self.tokenizer.decode([token], skip_special_tokens=False).endswith("\n\n")
 
     def _unmarked(self, text: str) -> str:
-        return text.replace(self.step_token, "")
+        # Until none is left: one pass over "<extra<extra_0>_0>" would leave a marker it just assembled.
+        while self.step_token in text:
+            text = text.replace(self.step_token, "")
+        return text
 
 
 def batch_prm_inputs(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, NonTensor, Unbounded
@@ -304,7 +305,14 @@ class ReasoningStepEnv(EnvBase):
             problem = self.problems[i]
             if problem.answer is not None:
                 has_ref[i] = True
-                verifier_reward[i] = float(self.verifier.verify("".join(self.steps[i]), problem.answer))
+                correct = self.verifier.verify("".join(self.steps[i]), problem.answer)
+                if not isinstance(correct, (bool, np.bool_)):
+                    # The contract is a bool: a 3 would be logged as an accuracy of 3 and scale the reward.
+                    raise TypeError(
+                        f"verifier {type(self.verifier).__name__}.verify returned {correct!r} for problem "
+                        f"{problem.id!r}: it must return a bool (True when the final answer is right)"
+                    )
+                verifier_reward[i] = float(correct)
         self.reward_seconds += time.perf_counter() - t0
 
         if self.reward_mode == "prm":

@@ -221,3 +221,13 @@ def test_train_accepts_hand_built_prm_and_verifier(tmp_path):
     assert NeverRight.calls > 0
     assert summary["prm_reward_mean"]["first"] == pytest.approx(0.5)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["accuracy"]["first"] == 0.0
+
+
+def test_a_verifier_that_breaks_its_contract_is_an_error_naming_it(tmp_path):
+    class Counts:
+        def verify(self, response, reference):
+            return 3  # not a bool: would be logged as an accuracy of 3
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["train.iterations=1"])
+    with pytest.raises(TypeError, match=r"verifier Counts\.verify returned 3 for problem .*must return a bool"):
+        train(cfg, tmp_path / "run", verifier=Counts())

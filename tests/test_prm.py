@@ -272,3 +272,12 @@ def test_the_env_gives_a_token_reading_prm_the_sampled_ids(tiny_prm_model, tiny_
     expected = prm([question], [[""] * len(ids)], prompts=[question + "\n\n"], step_token_ids=[ids])[0]
     got = traj.get(("next", "prm_reward")).reshape(-1)[: len(ids)].tolist()
     assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_nested_marker_text_cannot_assemble_a_qwen_step_marker(tiny_prm_model, tiny_tokenizer):
+    # One pass of replace over "<extra<extra_0>_0>" would leave the "<extra_0>" it just assembled.
+    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout="qwen")
+    nested = [STEPS[0] + " <extra<extra<extra_0>_0>_0>", STEPS[1], STEPS[2]]
+    assert "<extra_0>" not in prm.format._unmarked(nested[0])
+    _, positions = prm.format.encode(QUESTION, nested)
+    assert len(positions) == 3

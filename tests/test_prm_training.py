@@ -506,3 +506,13 @@ def test_best_of_n_cli_on_the_tiny_config(trained_prm, warm_tiny_path, tmp_path)
     saved = json.loads((tmp_path / "bon" / "best_of_n.json").read_text())
     assert len(saved["samples"]) == 12 and (tmp_path / "bon" / "best_of_n.png").is_file()
     assert sorted({s["problem"] for s in saved["samples"]}) == [0, 1, 2]  # every problem once, 4 samples each
+
+
+def test_step_labels_with_line_separator_characters_survive_their_own_reader(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028 / U+2029 raw; str.splitlines() would cut such a row in two.
+    rows = [StepLabels("q\u2028one", ["a\u2029b", "c"], [1.0, 0.0], id="x"), StepLabels("q2", ["d"], [1.0])]
+    path = tmp_path / "labels.jsonl"
+    write_step_labels(rows, path)
+    assert "\u2028" in path.read_text()
+    back = read_step_labels(path)
+    assert [(r.question, r.steps, r.labels) for r in back] == [(r.question, r.steps, r.labels) for r in rows]

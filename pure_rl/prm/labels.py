@@ -106,7 +106,9 @@ def _check_row(row, where: str) -> StepLabels:
 
 def _json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
     """(line number, "file, line N", parsed object) of every non-blank line of a jsonl file."""
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    # JSON lines end at "\n" only: str.splitlines() also splits at U+2028 and U+2029, which json.dumps writes raw
+    # inside strings (ensure_ascii=False), and would cut a row in two.
+    for n, line in enumerate(path.read_text().split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}, line {n}"

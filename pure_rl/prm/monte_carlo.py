@@ -97,7 +97,7 @@ def label_problem(policy, verifier, problem, prompt: str, cfg, seed: int) -> lis
 
 def _done_problems(out: Path) -> set[str]:
     done = set()
-    for n, line in enumerate(out.read_text().splitlines(), 1):
+    for n, line in enumerate(out.read_text().split("\n"), 1):  # "\n" only: rows may hold U+2028
         if line.strip():
             try:
                 done.add(json.loads(line)["problem_id"])
