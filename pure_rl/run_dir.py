@@ -16,13 +16,21 @@ import datetime
 import fcntl
 import json
 import os
-import shutil
 from pathlib import Path
 
 from pure_rl.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, checkpoint_record, set_record_config
 from pure_rl.config import ConfigError, RunConfig, flat_config, load_config, save_config
 
-__all__ = ["SAFE_KEYS", "RunDirError", "RunLock", "claim_new_run", "holds_run", "record_changes", "resume_config"]
+__all__ = [
+    "SAFE_KEYS",
+    "RunDirError",
+    "RunLock",
+    "claim_new_run",
+    "holds_run",
+    "record_changes",
+    "resume_config",
+    "run_files",
+]
 
 # Keys a resume may change without --allow-changes: they extend or observe a run, never alter what it learns.
 SAFE_KEYS = ("train.iterations", "train.checkpoint_every", "train.eval_every", "log.sample_every", "log.loggers")
@@ -40,6 +48,10 @@ RUN_FILES = (
     "curves.png",
 )
 RUN_FOLDERS = ("logs", "tensorboard", "wandb", "mlruns")
+# Inside those folders, what the loggers write (anything else there is the user's and is never deleted): TorchRL's
+# CSV logger's logs/<kind>/*, TensorBoard's event files, and the wandb and mlflow stores, which pure-rl creates.
+LOGGER_FILES = ("logs/scalars/*.csv", "logs/texts/*.txt", "logs/videos/*", "logs/histograms/*",
+                "tensorboard/events.out.tfevents.*", "wandb/**/*", "mlruns/**/*")  # fmt: skip
 
 
 class RunDirError(ConfigError):
@@ -47,8 +59,18 @@ class RunDirError(ConfigError):
 
 
 def holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds (part of) a training run."""
-    return any((run_dir / name).exists() for name in ("config.yaml", CHECKPOINT_NAME, PREVIOUS_NAME, "logs"))
+    """Whether ``run_dir`` holds (part of) a training run: its config, a checkpoint or its metric logs (a ``logs``
+    folder of the user's own is not one)."""
+    names = ("config.yaml", CHECKPOINT_NAME, PREVIOUS_NAME)
+    return any((run_dir / name).exists() for name in names) or any((run_dir / "logs" / "scalars").glob("*.csv"))
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The files a training run wrote into ``run_dir`` (:data:`RUN_FILES` and the loggers' :data:`LOGGER_FILES`)."""
+    own = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
+    for pattern in LOGGER_FILES:
+        own += [p for p in run_dir.glob(pattern) if p.is_file() or p.is_symlink()]
+    return own
 
 
 def claim_new_run(run_dir: Path, overwrite: bool = False) -> None:
@@ -62,10 +84,14 @@ def claim_new_run(run_dir: Path, overwrite: bool = False) -> None:
                 f"run directory {run_dir} already holds a run{done}: continue it with --resume {run_dir}, choose "
                 "another --run-dir, or pass --overwrite to delete that run and start over"
             )
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+        for path in run_files(run_dir):
+            path.unlink(missing_ok=True)
+        # Folders the loggers made go when nothing else is left in them; a user's file keeps its folder.
         for name in RUN_FOLDERS:
-            shutil.rmtree(run_dir / name, ignore_errors=True)
+            folders = sorted((p for p in (run_dir / name).glob("**/*") if p.is_dir()), key=lambda p: -len(p.parts))
+            for folder in [*folders, run_dir / name]:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
     run_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -49,6 +49,21 @@ def test_a_run_directory_holding_a_run_is_refused_without_resume_or_overwrite(tm
     assert (run_dir / "notes.txt").read_text() == "mine", "files that are not the run's are left alone"
 
 
+def test_overwrite_never_deletes_what_pure_rl_did_not_write(tmp_path):
+    # A folder with no pure-rl run but the user's own logs/ is not a run; --overwrite of a real run removes the run's
+    # files (its CSV logs included) and leaves the user's, even inside the loggers' folders.
+    run_dir = tmp_path / "run"
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "logs" / "notes.txt").write_text("mine")
+    train(run_dir, "--overwrite", "train.iterations=1")
+    assert (run_dir / "logs" / "notes.txt").read_text() == "mine"
+    (run_dir / "logs" / "scalars" / "my_own.txt").write_text("also mine")
+    train(run_dir, "--overwrite", "train.iterations=2")
+    assert iterations(run_dir) == [1.0, 2.0], "the first run's metrics are gone, not mixed"
+    assert (run_dir / "logs" / "notes.txt").read_text() == "mine"
+    assert (run_dir / "logs" / "scalars" / "my_own.txt").read_text() == "also mine"
+
+
 def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
