@@ -73,9 +73,16 @@ def run_files(run_dir: Path) -> list[Path]:
     return own
 
 
-def claim_new_run(run_dir: Path, overwrite: bool = False) -> None:
+def claim_new_run(run_dir: Path, overwrite: bool = False, writes: tuple[str, ...] = ()) -> None:
     """Make ``run_dir`` ready for a new run: refuse one that holds a run unless ``overwrite`` (then delete that
-    run's files only)."""
+    run's files only), and one that holds no run but files the new run would write over (``writes``: glob
+    patterns, e.g. a model folder's ``config.json`` and ``*.safetensors``): those are someone else's."""
+    theirs = sorted({p.name for pattern in writes for p in run_dir.glob(pattern)}) if run_dir.is_dir() else []
+    if theirs and not holds_run(run_dir):
+        raise RunDirError(
+            f"{run_dir} holds files pure-rl did not write ({', '.join(theirs[:4])}) that this run would write over: "
+            "choose another folder (pure-rl never replaces what it did not write)"
+        )
     if holds_run(run_dir):
         if not overwrite:
             record = checkpoint_record(run_dir)

@@ -516,3 +516,28 @@ def test_step_labels_with_line_separator_characters_survive_their_own_reader(tmp
     assert "\u2028" in path.read_text()
     back = read_step_labels(path)
     assert [(r.question, r.steps, r.labels) for r in back] == [(r.question, r.steps, r.labels) for r in rows]
+
+
+def test_convert_never_replaces_a_file(tmp_path):
+    src = _write(tmp_path / "prm800k.jsonl", PRM800K_ROWS)
+    before = src.read_text()
+    with pytest.raises(LabelError, match="is the source file"):
+        convert_file("prm800k", src, src)
+    existing = tmp_path / "labels.jsonl"
+    existing.write_text('{"mine": 1}\n')
+    with pytest.raises(LabelError, match="already exists: pure-rl never replaces a file"):
+        convert_file("prm800k", src, existing)
+    assert src.read_text() == before and existing.read_text() == '{"mine": 1}\n'
+
+
+def test_prm_training_refuses_a_folder_holding_another_model(tmp_path):
+    from pure_rl.run_dir import RunDirError, claim_new_run
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(RunDirError, match=r"holds files pure-rl did not write \(config\.json, model\.safetensors\)"):
+        claim_new_run(folder, overwrite=True, writes=("config.json", "*.safetensors"))
+    assert (folder / "model.safetensors").read_bytes() == b"weights"
+    claim_new_run(tmp_path / "empty", writes=("config.json", "*.safetensors"))  # a new folder is fine

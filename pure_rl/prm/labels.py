@@ -225,9 +225,13 @@ def convert_file(fmt: str, src: str | Path, out: str | Path) -> tuple[int, int]:
     """Convert a jsonl file in a published format to the schema; returns (rows written, rows without labels)."""
     if fmt not in CONVERTERS:
         raise LabelError(f"unknown format {fmt!r}; one of {sorted(CONVERTERS)}")
-    src = Path(src)
+    src, out = Path(src), Path(out)
     if not src.is_file():
         raise LabelError(f"{src} does not exist")
+    if out.exists() and out.resolve() == src.resolve():
+        raise LabelError(f"--out {out} is the source file: converting in place would destroy it; choose another --out")
+    if out.exists():
+        raise LabelError(f"--out {out} already exists: pure-rl never replaces a file; remove it or choose another")
     rows, skipped = [], 0
     for n, where, raw in _json_lines(src):
         row = CONVERTERS[fmt](raw, where)

@@ -135,7 +135,8 @@ def train_prm(
         raise LabelError("no training rows after the held-out split")
     with RunLock(out):
         if not resume:
-            claim_new_run(out, overwrite)
+            # The trained PRM is saved as an HF folder: another model's files there are refused, not replaced.
+            claim_new_run(out, overwrite, writes=("config.json", "*.safetensors", "tokenizer*.json", "*.bin"))
         elif not (out / "checkpoint.pt").is_file():
             raise LabelError(f"--resume {out}: no checkpoint there to resume from")
         save_config(cfg, out / "config.yaml")
