@@ -135,12 +135,21 @@ class RowDataset:
     def __init__(self, rows, fields: FieldMap, name: str):
         self.name = name
         self.problems: list[Problem] = []
+        first_seen: dict[str, str] = {}
         for n, (where, row) in enumerate(rows, start=1):
             if not isinstance(row, dict):
                 raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
             if fields.filter_field is not None and str(row.get(fields.filter_field)) not in fields.filter_values:
                 continue
-            self.problems.append(self._problem(where, n, row, fields))
+            problem = self._problem(where, n, row, fields)
+            if problem.id in first_seen:
+                # One id for two problems: a resumed labelling or evaluation would take one for the other.
+                raise DatasetError(
+                    f"{where}: id {problem.id!r} was already given to {first_seen[problem.id]}; ids must be unique "
+                    f"(fix the {fields.id!r} field, or leave env.id_field unset to number the rows)"
+                )
+            first_seen[problem.id] = where
+            self.problems.append(problem)
         if not self.problems:
             kept = (
                 f" after keeping {fields.filter_field} in {list(fields.filter_values)}" if fields.filter_field else ""

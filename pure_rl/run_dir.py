@@ -107,11 +107,19 @@ _HELD: dict[Path, list] = {}  # lock file -> [open file, depth]: re-entrant with
 
 class RunLock:
     """An exclusive, non-blocking lock on ``<run>/.lock`` for as long as the run trains (a context manager;
-    re-entrant within a process, so the CLI can hold it around config checks and ``train`` inside it)."""
+    re-entrant within a process, so the CLI can hold it around config checks and ``train`` inside it).
+    ``what`` names the locked thing in the refusal; :meth:`for_file` locks one output file instead of a folder."""
 
-    def __init__(self, run_dir: Path):
-        self.path = (run_dir / ".lock").resolve()
+    def __init__(self, run_dir: Path, *, lock_name: str = ".lock", what: str | None = None):
+        self.path = (Path(run_dir) / lock_name).resolve()
+        self.what = what or f"run directory {self.path.parent}"
         self.file = None
+
+    @classmethod
+    def for_file(cls, path: Path) -> RunLock:
+        """The lock of one output file (``<folder>/.<name>.lock``): one writer at a time."""
+        path = Path(path)
+        return cls(path.parent, lock_name=f".{path.name}.lock", what=str(path))
 
     def __enter__(self) -> RunLock:
         held = _HELD.get(self.path)
@@ -127,8 +135,8 @@ class RunLock:
             holder = self.file.read().strip() or "another process"
             self.file.close()
             raise RunDirError(
-                f"run directory {self.path.parent} is in use by {holder}; wait for it to finish or stop it "
-                "(two runs in one folder would mix their logs and checkpoints)"
+                f"{self.what} is in use by {holder}; wait for it to finish or stop it (two writers would mix "
+                "their work)"
             ) from None
         self.file.seek(0)
         self.file.truncate()

@@ -159,3 +159,14 @@ def test_a_hub_name_without_a_hub_is_a_clear_offline_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DatasetError, match=r"could not load someone/math-prompts with the datasets library.*download"):
         load_dataset("someone/math-prompts")
+
+
+def test_two_rows_with_one_id_are_refused_naming_both(tmp_path):
+    from envs.datasets import FieldMap
+
+    f = tmp_path / "dup.jsonl"
+    f.write_text('{"id": "a", "question": "q1", "answer": "1"}\n{"id": "b", "question": "q2", "answer": "2"}\n'
+                 '{"id": "a", "question": "q3", "answer": "3"}\n')  # fmt: skip
+    with pytest.raises(DatasetError, match=r"dup\.jsonl:3: id .*a' was already given to .*dup\.jsonl:1"):
+        JsonlDataset(f, fields=FieldMap(id="id"))
+    assert len(JsonlDataset(f)) == 3  # without an id field the rows are numbered

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -277,6 +279,32 @@ def test_label_writes_schema_rows_and_resumes(labelled, tmp_path):
     )
     with pytest.raises(LabelError, match="other settings \\(labels differ"):
         label_with_policy(other, copy, progress=False)
+    # Every env setting that changes a label is checked: another reference-answer field, another prompt.
+    for change in ("env.answer_field=solution", "env.max_tokens=40"):
+        moved = load_config(
+            ROOT / "configs/prm/tiny.yaml", [f"policy.model={cfg.policy.model}", "warmup.steps=0", change]
+        )
+        with pytest.raises(LabelError, match="other settings \\(env differ"):
+            label_with_policy(moved, copy, progress=False)
+
+
+def test_two_labellers_into_one_file_are_refused(tmp_path):
+    from pure_rl.run_dir import RunDirError, RunLock
+
+    out = tmp_path / "labels.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom pure_rl.run_dir import RunLock\n"
+         f"with RunLock.for_file(Path({str(out)!r})):\n    print('held', flush=True)\n    time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=rf"{out.name} is in use by process {holder.pid}"):
+            with RunLock.for_file(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _synthetic_rows(n: int, seed: int) -> list[StepLabels]:

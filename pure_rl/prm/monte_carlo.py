@@ -25,16 +25,22 @@ from pure_rl.prm.labels import LabelError, StepLabels, write_step_labels
 __all__ = ["label_key", "label_problem", "label_with_policy"]
 
 
+# env keys that cannot change a Monte-Carlo label (the RL reward's PRM and mixing, the held-out set); every other
+# env key can (the problems, their reference answers, the prompt, the budgets, the verifier), so it is checked.
+_ENV_KEYS_OFF_LABELS = ("eval_dataset", "reward_mode", "vr_coef", "prm", "prm_model", "prm_layout", "prm_device",
+                        "prm_dtype", "prm_batch_size")  # fmt: skip
+
+
 def label_key(cfg, model: str) -> dict:
     """Everything the labels depend on (a resumed file must have been made with the same)."""
-    env, pc, prm = cfg.env, cfg.policy, cfg.prm
+    from pure_rl.config import config_to_dict
+
+    env = {k: v for k, v in config_to_dict(cfg)["env"].items() if k not in _ENV_KEYS_OFF_LABELS}
+    pc, prm = cfg.policy, cfg.prm
     return {
         "model": str(model),
-        "task": [env.task, env.dataset, env.difficulty],
-        "prompt": [env.prompt_template, env.use_chat_template],
-        "budgets": [env.max_steps, env.max_tokens, env.step_separator],
+        "env": env,
         "sampling": [pc.backend, pc.temperature, pc.top_p],
-        "verifier": env.verifier,
         "seed": cfg.train.seed,
         "labels": [prm.label_samples, prm.label_rollouts, prm.label_mode],
     }
@@ -111,12 +117,19 @@ def label_with_policy(cfg, out: str | Path, *, overwrite: bool = False, progress
 
     Returns a summary: problems, solutions and steps labelled, correct-step share, seconds.
     """
+    from pure_rl.run_dir import RunLock
+
+    out = Path(out)
+    with RunLock.for_file(out):  # two labellers into one file would write every problem twice
+        return _label_into(cfg, out, overwrite, progress)
+
+
+def _label_into(cfg, out: Path, overwrite: bool, progress: bool) -> dict:
     from agents import make_policy
     from envs import make_source, make_verifier
     from envs.tasks import ProblemStream
     from pure_rl.warmup import warmed_up_model
 
-    out = Path(out)
     meta_path = out.with_name(out.name + ".meta.json")
     model = warmed_up_model(cfg)
     key = label_key(cfg, model)
