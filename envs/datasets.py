@@ -166,6 +166,13 @@ class RowDataset:
         answer = None
         if fields.answer is not None and row.get(fields.answer) is not None:
             raw = row[fields.answer]
+            if isinstance(raw, dict) or (isinstance(raw, list) and fields.answer_parser is None):
+                # str() of these ("{'value': 5}") is a reference nothing can match.
+                raise DatasetError(
+                    f"{where}: field {fields.answer!r} holds a JSON {type(raw).__name__} ({str(raw)[:80]}); a "
+                    "reference answer is text or a number (OlympiadBench-style lists of several values: the "
+                    "'olympiadbench' preset)"
+                )
             try:
                 answer = fields.answer_parser(raw) if fields.answer_parser else str(raw)
             except ValueError as e:

@@ -678,13 +678,38 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# The most values a config file or an override may hold once YAML's aliases are followed: a few aliases nested
+# ("billion laughs") expand exponentially, and merely formatting such a value for an error ran into MemoryError.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _bounded(value, where: str):
+    """``value`` if it holds at most :data:`MAX_CONFIG_VALUES` values with its aliases expanded; else a
+    ConfigError naming ``where`` (the walk stops at the bound, so it never expands a bomb)."""
+    seen, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{where} expands to more than {MAX_CONFIG_VALUES} values (nested YAML aliases?); a config holds a "
+                "few hundred"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return value
+
+
 def _apply_override(data: dict, override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like section.key=value, e.g. algo.temperature=0.05")
     dotted, raw = override.split("=", 1)
     parts = dotted.strip().split(".")
     if parts == ["plugins"]:
-        data["plugins"] = yaml.safe_load(raw)
+        data["plugins"] = _bounded(yaml.safe_load(raw), f"override {dotted.strip()}")
         return
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override {override!r}: the key must be section.key, e.g. algo.temperature")
@@ -695,7 +720,7 @@ def _apply_override(data: dict, override: str) -> None:
             raise ConfigError(f"override {override!r}: {part} is not a section")
     # YAML parses the value, so numbers, booleans, null and quoted strings behave as in the file.
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = _bounded(yaml.safe_load(raw), f"override {dotted.strip()}") if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {override!r}: the value is not valid YAML ({e})") from e
 
@@ -755,7 +780,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in chain:
         raise ConfigError(f"config file {path}: 'base' files form a cycle ({' -> '.join(map(str, chain))})")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = _bounded(yaml.safe_load(path.read_text()), f"config file {path}")
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if loaded is not None and not isinstance(loaded, dict):

@@ -222,3 +222,20 @@ def test_a_vllm_context_longer_than_the_models_positions_is_refused_before_the_e
     expected = rf"policy\.max_model_len={positions + 1} is more than the model's {positions}"
     with pytest.raises(ValueError, match=expected):
         VLLMBackend(str(tiny_model_path), tokenizer=None, max_model_len=positions + 1)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):  # 10**9 values once every alias is followed
+        name, previous = chr(97 + i), chr(96 + i)
+        bomb.append(f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 10) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("env:\n" + "\n".join("  " + line for line in bomb) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb\.yaml expands to more than 100000 values"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"override env\.prompt_template expands to more than"):
+        load_config("configs/tiny.yaml", ["env.prompt_template={" + ", ".join(bomb) + "}"])
+    assert time.perf_counter() - t0 < 10

@@ -170,3 +170,13 @@ def test_two_rows_with_one_id_are_refused_naming_both(tmp_path):
     with pytest.raises(DatasetError, match=r"dup\.jsonl:3: id .*a' was already given to .*dup\.jsonl:1"):
         JsonlDataset(f, fields=FieldMap(id="id"))
     assert len(JsonlDataset(f)) == 3  # without an id field the rows are numbered
+
+
+def test_an_answer_that_is_a_json_object_or_list_is_refused_naming_the_row(tmp_path):
+    f = tmp_path / "objects.jsonl"
+    f.write_text('{"question": "q1", "answer": "1"}\n{"question": "q2", "answer": {"value": 5}}\n')
+    with pytest.raises(DatasetError, match=r"objects\.jsonl:2: field 'answer' holds a JSON dict"):
+        JsonlDataset(f)
+    f.write_text('{"question": "q1", "answer": [1, 2]}\n')
+    with pytest.raises(DatasetError, match=r"objects\.jsonl:1: field 'answer' holds a JSON list .*olympiadbench"):
+        JsonlDataset(f)
