@@ -11,8 +11,11 @@ tower such as ``10^{10^{10^{10}}}`` is judged wrong, never a hung thread.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
+import os
+import sys
 import threading
 
 __all__ = ["MathVerifier", "last_boxed"]
@@ -113,10 +116,29 @@ _WORKER_LOCK = threading.Lock()
 _WORKER_START_SECONDS = 120  # the first call waits for the worker process to start and import math-verify
 
 
+@contextlib.contextmanager
+def _main_module_importable():
+    """While a worker process starts: hide ``__main__.__file__`` when it names no file (a script piped to
+    ``python -``, ``-c``, a notebook). A spawned process re-imports the parent's main module from that path and
+    would die with FileNotFoundError; the worker needs nothing from it."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    hide = main is not None and path is not None and getattr(main.__spec__, "name", None) is None
+    hide = hide and not os.path.isfile(path)
+    if hide:
+        del main.__file__
+    try:
+        yield
+    finally:
+        if hide:
+            main.__file__ = path
+
+
 def _worker_pool():
     with _WORKER_LOCK:
         if _WORKER["pool"] is None:
-            pool = multiprocessing.get_context("spawn").Pool(1)
+            with _main_module_importable():
+                pool = multiprocessing.get_context("spawn").Pool(1)
             pool.apply_async(_warm_up).get(timeout=_WORKER_START_SECONDS)
             _WORKER["pool"] = pool
             atexit.register(_stop_worker)

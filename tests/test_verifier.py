@@ -95,3 +95,25 @@ def test_time_is_bounded_in_a_worker_thread_too():
     assert not any(t.is_alive() for t in threads), "a verify call from a thread did not return"
     assert results["tower"][0] is False and results["half"][0] is True
     print(f"worst case from a thread: {results['tower'][1]:.1f}s (includes starting the worker process)")
+
+
+def test_the_time_bound_holds_for_a_script_piped_to_python(tmp_path):
+    # The worker process that bounds symbolic compares off the main thread is spawned; a spawned process re-imports
+    # the caller's main module from its path, and "<stdin>" (python -, -c, notebooks) is no file.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import threading\n"
+        "from envs.verifier import MathVerifier\n"
+        "out = []\n"
+        "t = threading.Thread(target=lambda: out.append(MathVerifier().verify(r'so \\boxed{\\frac{1}{2}}', '0.5')))\n"
+        "t.start(); t.join()\n"
+        "print('result', out)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=180,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert "result [True]" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
