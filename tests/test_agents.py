@@ -191,7 +191,7 @@ def test_vllm_backend_missing_is_loud(monkeypatch, greedy_cfg):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_vllm)
-    cfg = greedy_cfg("policy.backend=vllm")
+    cfg = greedy_cfg("policy.backend=vllm", "policy.max_model_len=512")  # within the tiny model's positions
     with pytest.raises(ImportError, match="pure-rl never falls back silently"):
         make_policy(cfg)
 
