@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def resident() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from benchmarks.peak_memory import peak_during  # noqa: E402
 
 
 def measure(vocab: int, rows: int, tokens: int, chunk: int) -> dict:
@@ -44,22 +38,13 @@ def measure(vocab: int, rows: int, tokens: int, chunk: int) -> dict:
     model = Qwen2ForCausalLM(config)
     ids = torch.randint(0, vocab, (rows, tokens))
     mask = torch.ones_like(ids)
-    base, peak, done = resident(), [0], threading.Event()
 
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], resident() - base)
-            time.sleep(0.001)
+    def step():
+        log_probs, entropy = token_log_probs(model, ids, mask, with_entropy=True, chunk_tokens=chunk)
+        (log_probs.sum() + entropy.sum()).backward()
 
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    t0 = time.perf_counter()
-    log_probs, entropy = token_log_probs(model, ids, mask, with_entropy=True, chunk_tokens=chunk)
-    (log_probs.sum() + entropy.sum()).backward()
-    seconds = time.perf_counter() - t0
-    done.set()
-    watcher.join()
-    return {"peak_bytes": max(peak[0], resident() - base), "seconds": seconds}
+    seconds, peak = peak_during(step)
+    return {"peak_bytes": peak, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

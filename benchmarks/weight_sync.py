@@ -15,45 +15,26 @@ Run: ``python benchmarks/weight_sync.py [--model smollm2-135m-instruct] [--round
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
+from benchmarks.peak_memory import peak_during, resident_bytes  # noqa: E402
 
 
 def host_bytes() -> int:
-    """This process's resident memory plus what ``/dev/shm`` holds."""
-    with open("/proc/self/statm") as f:
-        resident = int(f.read().split()[1]) * PAGE
+    """This process's resident memory plus what ``/dev/shm`` holds (the file sync writes there)."""
     shm = shutil.disk_usage("/dev/shm").used if Path("/dev/shm").is_dir() else 0
-    return resident + shm
+    return resident_bytes() + shm
 
 
 def measured(fn) -> tuple[float, int]:
-    """``fn()``'s wall seconds and the peak of extra host bytes while it ran."""
-    base, peak, done = host_bytes(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], host_bytes() - base)
-            time.sleep(0.002)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    t0 = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - t0
-    done.set()
-    watcher.join()
-    return seconds, max(peak[0], host_bytes() - base)
+    """``fn()``'s wall seconds and the peak of extra host bytes while it ran (sampled every 2 ms)."""
+    return peak_during(fn, host_bytes, every=0.002)
 
 
 def main(argv: list[str] | None = None) -> dict:

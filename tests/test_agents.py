@@ -225,6 +225,20 @@ def test_log_probs_through_torchrl_wrapper_equal_the_direct_pass(warm_tiny_path)
     torch.testing.assert_close(direct[0, 1 : len(seqs[0])], manual.gather(-1, ids[0, 1 : len(seqs[0]), None])[:, 0])
 
 
+def prompt_response_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded ``input_ids``, ``attention_mask``, response mask ``[B, T]`` and ``prompt_length`` ``[B]`` of
+    ``(prompt ids, response ids)`` rows."""
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    response = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, : len(p) + len(r)] = 1
+        response[i, len(p) : len(p) + len(r)] = True
+    return ids, mask, response, torch.tensor([len(p) for p, _ in rows])
+
+
 def test_shared_prompt_log_probs_equal_the_full_pass_with_gradients(warm_tiny_path):
     from agents.log_probs import response_log_probs, token_log_probs
 
@@ -239,15 +253,7 @@ def test_shared_prompt_log_probs_equal_the_full_pass_with_gradients(warm_tiny_pa
         (p2, tok.encode("5 + 2 = 7.")),
         (p2 + tok.encode(" more"), []),
     ]
-    width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    response = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        mask[i, : len(p) + len(r)] = 1
-        response[i, len(p) : len(p) + len(r)] = True
-    prompt_length = torch.tensor([len(p) for p, _ in rows])
+    ids, mask, response, prompt_length = prompt_response_batch(rows, tok.pad_token_id)
 
     def grads(fn):
         model.zero_grad()
@@ -321,15 +327,7 @@ def test_chunked_lm_head_equals_the_whole_vocabulary_pass_with_gradients(warm_ti
     tok = AutoTokenizer.from_pretrained(warm_tiny_path)
     p1, p2 = tok.encode("Tom has 3 apples. How many?\n\n"), tok.encode("Ann has 5 coins.\n\n")
     rows = [(p1, tok.encode("3 + 4 = 7.\n\nThe answer is 7.")), (p1, tok.encode("7")), (p2, tok.encode("5 + 2"))]
-    width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    response = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        mask[i, : len(p) + len(r)] = 1
-        response[i, len(p) : len(p) + len(r)] = True
-    prompt_length = torch.tensor([len(p) for p, _ in rows])
+    ids, mask, response, prompt_length = prompt_response_batch(rows, tok.pad_token_id)
     params = [q for q in model.parameters() if q.requires_grad]
 
     def run(fn, chunk):
