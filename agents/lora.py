@@ -6,7 +6,6 @@
 - :func:`iter_engine_weights` yields the weights an engine needs one tensor at a time under the base model's own
   names, an adapted layer's merged ``W + B A s`` computed when it is reached, without touching ``W`` (so repeated
   syncs never drift) and without ever holding more than one merged layer: what the vLLM weight sync streams.
-  :func:`engine_weights` collects them (export).
 - Checkpoints hold the adapters only (:func:`adapter_state`, :func:`load_adapter_state`); the base weights are
   the run's starting model, which the config names.
 """
@@ -19,7 +18,6 @@ __all__ = [
     "AdaptersDisabled",
     "adapter_state",
     "apply_lora",
-    "engine_weights",
     "is_lora",
     "iter_engine_weights",
     "load_adapter_state",
@@ -91,11 +89,6 @@ def iter_engine_weights(model: torch.nn.Module, dtype: torch.dtype | None = None
         weight = layer.get_base_layer().weight
         delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
         yield clean, cast(weight + delta.to(weight.dtype))
-
-
-def engine_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """:func:`iter_engine_weights` collected into a dict (export; the weight sync streams them instead)."""
-    return dict(iter_engine_weights(model))
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.lora import adapter_state, apply_lora, engine_weights
+from agents.lora import adapter_state, apply_lora, iter_engine_weights
 from pure_rl.plots import read_metrics
 from pure_rl.train import main
 
@@ -58,7 +58,7 @@ def test_engine_weights_are_the_merged_weights_without_touching_the_base(warm_ti
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
-    weights = engine_weights(peft_model)
+    weights = dict(iter_engine_weights(peft_model))
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         expected = peft_model(ids).logits
