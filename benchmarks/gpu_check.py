@@ -12,6 +12,9 @@ Rows (each in its own process, so each peak is its own; a row that fails is repo
 - ``lora``: the same with ``lora.rank=16``.
 - ``trl``: pure-rl against TRL's GRPOTrainer on the same work on that device (``benchmarks/vs_trl.py`` with the
   1.5B-shaped policy, bf16-mixed in both, verifier reward only).
+- ``update``: where the update's seconds go (``benchmarks/update_phases.py`` on the 1.5B-shaped policy, the
+  ``trl`` row's work): reference pass, loss forward + backward and AdamW step of each log-prob pass variant beside
+  a plain whole-sequence pass, and the top device operators of the default one.
 
 Random weights never stop before the token budget and never answer, so every row does the full work of its
 shape; rewards are meaningless, and accuracy is not reported.
@@ -34,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ROWS = ("tiny", "single_gpu", "lora", "trl")
+ROWS = ("tiny", "single_gpu", "lora", "trl", "update")
 # Qwen2.5-Math-1.5B's config.json (the shape; the weights are random).
 QWEN_MATH_1_5B = dict(
     hidden_size=1536,
@@ -128,6 +131,36 @@ def device_gib(device: str) -> float | None:
     return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
 
 
+UPDATE_PHASES = ("policy_token_batch", "add_credit", "ppo_update")
+
+
+def time_update_phases(device: str) -> dict[str, list[float]]:
+    """Wrap the update's module functions (``pure_rl.update``, which the loop imports at run time) with timers
+    that synchronise the device around each call; the seconds of each call, by phase."""
+    import torch
+
+    from pure_rl import update
+
+    times: dict[str, list[float]] = {name: [] for name in UPDATE_PHASES}
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+            return out
+
+        return wrapper
+
+    for name in UPDATE_PHASES:
+        setattr(update, name, timed(name, getattr(update, name)))
+    return times
+
+
 def run_training_row(name: str, args) -> dict:
     """One training row in this process: the memory plan, the run, its timings and peaks."""
     import torch
@@ -143,6 +176,7 @@ def run_training_row(name: str, args) -> dict:
     plan = memory_plan(cfg, device_gib(args.device))
     run_dir = Path(args.out) / "runs" / name
     on_cuda = args.device.startswith("cuda")
+    phase_times = time_update_phases(args.device)
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -168,6 +202,9 @@ def run_training_row(name: str, args) -> dict:
         "wall_s": wall,
         "rollout_s": mean("rollout_s"),
         "update_s": mean("update_s"),
+        # The update's parts (token tensors; old/reference passes and credit; the PPO passes and steps), the
+        # first iteration left out as above.
+        "update_phases_s": {k: sum(v[1:] or v) / len(v[1:] or v) for k, v in phase_times.items() if v},
         "tokens_per_s": mean("tokens_per_s"),
         "response_tokens": mean("response_tokens"),
         "plan_gib": plan.total(device) / 2**30,
@@ -211,6 +248,7 @@ def run_trl_row(args) -> dict:
         "8" if args.tiny else "256",
         "--json",
         str(out),
+        "--stream",
     ]
     # Its output goes straight to this row's log: a row stopped by its time limit still shows how far it got.
     done = subprocess.run(cmd, cwd=ROOT, env={**child_env(), "PYTHONUNBUFFERED": "1"})
@@ -218,6 +256,22 @@ def run_trl_row(args) -> dict:
         raise RuntimeError(f"vs_trl.py exited {done.returncode}")
     result = json.loads(out.read_text())
     return {"row": "trl", **{f"{k}": v for k, v in result.items()}}
+
+
+def run_update_row(args) -> dict:
+    """The update's phases on the device (``benchmarks/update_phases.py``), the ``trl`` row's work."""
+    out = Path(args.out) / "update_phases.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "update_phases.py"), "--model",
+           str(Path(args.out) / "models" / "policy"), "--device", args.device, "--json", str(out)]  # fmt: skip
+    if args.tiny:
+        cmd += ["--precision", "fp32", "--prompts", "2", "--samples", "2", "--prompt-tokens", "12"]
+        cmd += ["--response-tokens", "8", "--micro", "2", "--peer-micro", "4", "--repeats", "1"]
+    else:
+        cmd += ["--precision", "bf16-mixed", "--profile"]
+    done = subprocess.run(cmd, cwd=ROOT, env={**child_env(), "PYTHONUNBUFFERED": "1"})
+    if done.returncode:
+        raise RuntimeError(f"update_phases.py exited {done.returncode}")
+    return {"row": "update", "phases": json.loads(out.read_text())}
 
 
 def child_env() -> dict:
@@ -238,6 +292,12 @@ def table(results: list[dict]) -> list[str]:
     for r in results:
         if "error" in r:
             lines.append(f"| {r['row']} | failed: {r['error']} | | | | | | |")
+        elif r["row"] == "update":
+            for name, t in r["phases"].items():
+                lines.append(
+                    f"| update: {name} | median | {fmt(t['total'], '.2f')} (reference {fmt(t['ref'], '.2f')}, loss "
+                    f"{fmt(t['loss'], '.2f')}, AdamW {fmt(t['step'], '.2f')}) | | | | | |"
+                )
         elif r["row"] == "trl":
             for name, med in ((k, v) for k, v in r.items() if isinstance(v, dict)):
                 lines.append(
@@ -246,9 +306,11 @@ def table(results: list[dict]) -> list[str]:
                 )
         else:
             peaks = f"{fmt(r['peak_gib'])} ({fmt(r['peak_gib_rollout'])} / {fmt(r['peak_gib_update'])})"
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in r.get("update_phases_s", {}).items())
+            update = fmt(r["update_s"]) + (f": {parts}" if parts else "")
             lines.append(
                 f"| {r['row']} | {r['iterations']} | {fmt((r['rollout_s'] or 0) + (r['update_s'] or 0))} "
-                f"({fmt(r['rollout_s'])} + {fmt(r['update_s'])}) | {fmt(r['tokens_per_s'])} | {fmt(r['plan_gib'])} "
+                f"({fmt(r['rollout_s'])} + {update}) | {fmt(r['tokens_per_s'])} | {fmt(r['plan_gib'])} "
                 f"| {peaks} | {fmt(r['checkpoint_gib'])} | {fmt(r['wall_s'], '.0f')} |"
             )
     return lines
@@ -277,7 +339,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.row:
-        result = run_trl_row(args) if args.row == "trl" else run_training_row(args.row, args)
+        run = {"trl": run_trl_row, "update": run_update_row}.get(args.row)
+        result = run(args) if run else run_training_row(args.row, args)
         (out / f"row_{args.row}.json").write_text(json.dumps(result, indent=2))
         return [result]
 

@@ -19,6 +19,7 @@ import torch
 def measured_bytes(cfg) -> dict[str, int]:
     from agents import make_reference_model
     from agents.policy import load_model_and_tokenizer
+    from pure_rl.config import shared_prompt_pass
     from pure_rl.objectives.loss import StepTokenPPOLoss
     from pure_rl.train import log_probs_with_entropy
     from pure_rl.update import compute_dtype
@@ -41,7 +42,7 @@ def measured_bytes(cfg) -> dict[str, int]:
     )  # fmt: skip
     fn = functools.partial(
         log_probs_with_entropy,
-        shared_prompt_pass=cfg.train.shared_prompt_pass,
+        shared_prompt_pass=shared_prompt_pass(cfg),
         chunk_tokens=cfg.train.logit_chunk_tokens,
     )
     loss = StepTokenPPOLoss(model, kl_coef=0.0, log_prob_fn=fn)

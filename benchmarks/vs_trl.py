@@ -122,8 +122,14 @@ def benchmark_prompts(n: int) -> list[tuple[list[dict], str]]:
     ]
 
 
+STREAM = False  # --stream: the programs' output goes straight through (a run stopped from outside shows how far)
+
+
 def run_quietly(cmd: list[str], env: dict) -> None:
     """Run a program's process with its output kept back; on failure, print its last lines and raise."""
+    if STREAM:
+        subprocess.run(cmd, env=env, cwd=ROOT, check=True)
+        return
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         print("\n".join((done.stdout + done.stderr).splitlines()[-30:]), file=sys.stderr)
@@ -445,8 +451,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=Setting.device, help="cpu, or cuda:N")
     p.add_argument("--precision", default=Setting.precision, choices=("fp32", "bf16-mixed"))
     p.add_argument("--json", default=None, help="write the side-by-side medians to this file")
+    p.add_argument("--stream", action="store_true", help="show the programs' output as they run")
     args = p.parse_args(argv)
-    global SETTING
+    global SETTING, STREAM
+    STREAM = args.stream
     SETTING = Setting(args.model, args.device, args.precision)
     if args.trl_worker:
         trl_worker(args.iterations, Path(args.trl_worker), Work(args.prompts, args.max_new))

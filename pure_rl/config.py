@@ -49,6 +49,7 @@ __all__ = [
     "opt",
     "precision_warnings",
     "save_config",
+    "shared_prompt_pass",
 ]
 
 # The config ``python -m pure_rl.train`` and ``evaluate`` use when none is given.
@@ -412,10 +413,14 @@ class TrainConfig:
         "several steps per batch always recompute",
         choices=("generation", "recompute"),
     )
-    shared_prompt_pass: bool = opt(
-        True,
+    shared_prompt_pass: bool | str = opt(
+        "auto",
         "log-prob passes run each group's shared prompt once (false: whole sequences, the old-policy and "
-        "reference passes through TorchRL's TransformersWrapper)",
+        "reference passes through TorchRL's TransformersWrapper). auto: true on a CPU, where it saves the "
+        "prompts' compute (1.70x faster passes on the CPU default's batch, benchmarks/update.py); false on CUDA "
+        "and with train.gradient_checkpointing, since its one small pass per group is launch-bound on a GPU "
+        "(3.2x slower than whole sequences for a 1.5B model on an H200, benchmarks/update_phases.py)",
+        choices=("auto", True, False),
     )
     logit_chunk_tokens: int = opt(
         1024,
@@ -549,6 +554,15 @@ def precision_warnings(cfg: RunConfig) -> list[str]:
     return warnings
 
 
+def shared_prompt_pass(cfg: RunConfig) -> bool:
+    """``train.shared_prompt_pass`` resolved: ``auto`` is true on a CPU and false on CUDA or with gradient
+    checkpointing (see the key's help for the measurements)."""
+    value = cfg.train.shared_prompt_pass
+    if value != "auto":
+        return bool(value)
+    return not cfg.train.gradient_checkpointing and not str(cfg.policy.device).startswith("cuda")
+
+
 def _cross_checks(cfg: RunConfig) -> None:
     """Checks that involve more than one key, or what the selected things require."""
     for kind, section in registry.SECTIONS.items():
@@ -570,7 +584,7 @@ def _cross_checks(cfg: RunConfig) -> None:
             f"train.precision={cfg.train.precision} keeps fp32 master weights: set policy.dtype=float32 (the "
             "forward and backward passes then run in the mixed dtype)"
         )
-    if cfg.train.gradient_checkpointing and cfg.train.shared_prompt_pass:
+    if cfg.train.gradient_checkpointing and cfg.train.shared_prompt_pass is True:
         raise ConfigError(
             "train.gradient_checkpointing=true needs train.shared_prompt_pass=false: the shared prompt pass keeps "
             "the prompt's KV cache for the backward pass, which checkpointing recomputes without a cache"

@@ -25,6 +25,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pure_rl.config import shared_prompt_pass
+
 __all__ = ["Architecture", "MemoryPlan", "Storage", "architecture", "checkpoint_bytes", "memory_plan"]
 
 GIB = 2**30
@@ -320,8 +322,8 @@ def memory_plan(cfg, device_memory_gib: float | None = None, run_dir: str | Path
         add(device, f"generation KV cache ({rows} sequences x {seq} tokens)",
             rows * seq * arch.layers * 2 * arch.kv_dim * param_bytes)  # fmt: skip
     tokens = tc.micro_batch_size * seq
-    logit_tokens = tc.micro_batch_size * (cfg.env.max_tokens if tc.shared_prompt_pass else seq)
-    shared = tc.shared_prompt_pass
+    shared = shared_prompt_pass(cfg)
+    logit_tokens = tc.micro_batch_size * (cfg.env.max_tokens if shared else seq)
     chunk = tc.logit_chunk_tokens
     plain = activation_bytes(
         arch, tokens, logit_tokens, compute_bytes, checkpointing=False, shared_prompt=shared, chunk_tokens=chunk

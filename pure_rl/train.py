@@ -34,6 +34,7 @@ from pure_rl.config import (
     load_config,
     precision_warnings,
     save_config,
+    shared_prompt_pass,
 )
 from pure_rl.run_dir import RunDirError, RunLock, claim_new_run, record_changes, resume_config
 
@@ -268,7 +269,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         critic_coef=cfg.algo.critic_coef,
         log_prob_fn=functools.partial(
             log_probs_with_entropy,
-            shared_prompt_pass=cfg.train.shared_prompt_pass,
+            shared_prompt_pass=shared_prompt_pass(cfg),
             chunk_tokens=cfg.train.logit_chunk_tokens,
         ),
     )

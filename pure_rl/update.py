@@ -23,6 +23,7 @@ from tensordict import TensorDict, TensorDictBase
 from agents.log_probs import batch_log_probs
 from envs.steps import ends_step
 from pure_rl import registry
+from pure_rl.config import shared_prompt_pass
 from pure_rl.objectives.credit import whiten_nonzero
 from pure_rl.objectives.loss import truncated_importance_weights
 from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
@@ -165,7 +166,7 @@ def add_credit(
     here (:func:`pure_rl.objectives.credit.whiten_nonzero`) instead of the steps' in the estimator."""
     passes = dict(
         micro_batch_size=cfg.train.micro_batch_size,
-        shared_prompt_pass=cfg.train.shared_prompt_pass,
+        shared_prompt_pass=shared_prompt_pass(cfg),
         tokenizer=tokenizer,
         chunk_tokens=cfg.train.logit_chunk_tokens,
     )

@@ -19,7 +19,7 @@ def test_gpu_check_runs_every_row_on_cpu_with_tiny_shapes(tmp_path, tiny_model_p
     done = subprocess.run([*cmd, "--tokenizer", str(tiny_model_path)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {r["row"]: r for r in json.loads((out / "gpu_check.json").read_text())}
-    assert set(rows) == {"tiny", "single_gpu", "lora", "trl"}
+    assert set(rows) == {"tiny", "single_gpu", "lora", "trl", "update"}
     assert not [r for r in rows.values() if "error" in r], rows
     for name in ("tiny", "single_gpu", "lora"):
         row = rows[name]
@@ -30,5 +30,7 @@ def test_gpu_check_runs_every_row_on_cpu_with_tiny_shapes(tmp_path, tiny_model_p
     assert any("LoRA adapters, rank 16" in line for line in rows["lora"]["plan"])
     assert rows["lora"]["checkpoint_gib"] < rows["single_gpu"]["checkpoint_gib"]  # adapters only
     assert {"TRL", "pure-rl"} <= set(rows["trl"])
+    phases = rows["update"]["phases"]
+    assert len(phases) == 5 and all(t["ref"] > 0 and t["loss"] > 0 and t["step"] > 0 for t in phases.values())
     table = (out / "gpu_check.md").read_text()
-    assert "| single_gpu | 2 |" in table and "vs TRL: TRL" in table
+    assert "| single_gpu | 2 |" in table and "vs TRL: TRL" in table and "| update: plain" in table

@@ -82,7 +82,19 @@ def test_mixed_precision_needs_fp32_masters_and_pure_bf16_is_warned():
     assert any("will not learn" in w for w in precision_warnings(load_config(TINY, ["policy.dtype=bfloat16"])))
     assert not precision_warnings(load_config(TINY, ["train.precision=bf16-mixed"]))
     with pytest.raises(ConfigError, match=r"gradient_checkpointing=true needs train\.shared_prompt_pass=false"):
-        load_config(TINY, ["train.gradient_checkpointing=true"])
+        load_config(TINY, ["train.gradient_checkpointing=true", "train.shared_prompt_pass=true"])
+
+
+def test_shared_prompt_pass_auto_is_on_for_cpus_only_and_off_under_checkpointing():
+    from pure_rl.config import shared_prompt_pass
+
+    assert shared_prompt_pass(load_config(TINY)) is True
+    assert shared_prompt_pass(load_config(TINY, ["policy.device=cuda:0"])) is False
+    assert shared_prompt_pass(load_config(TINY, ["train.gradient_checkpointing=true"])) is False
+    assert shared_prompt_pass(load_config(TINY, ["policy.device=cuda:0", "train.shared_prompt_pass=true"])) is True
+    assert shared_prompt_pass(load_config(TINY, ["train.shared_prompt_pass=false"])) is False
+    with pytest.raises(ConfigError, match=r"train\.shared_prompt_pass='always' is not allowed"):
+        load_config(TINY, ["train.shared_prompt_pass=always"])
 
 
 def test_learning_rate_warm_up_then_cosine_over_every_optimiser_step():
@@ -106,7 +118,7 @@ def test_learning_rate_warm_up_then_cosine_over_every_optimiser_step():
     [
         ["train.precision=bf16-mixed"],
         ["train.mini_batch_size=2", "train.lr_warmup_steps=2", "train.lr_schedule=cosine"],
-        ["train.gradient_checkpointing=true", "train.shared_prompt_pass=false"],
+        ["train.gradient_checkpointing=true"],
     ],
     ids=["bf16_mixed", "mini_batches_schedule", "gradient_checkpointing"],
 )
