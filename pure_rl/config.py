@@ -512,6 +512,10 @@ SECTION_CLASSES.update(
     train=TrainConfig,
     log=LogConfig,
 )
+for _name, _cls in SECTION_CLASSES.items():
+    if _name in registry.SECTIONS.values():
+        _keys = [f.name for f in dataclasses.fields(_cls)]
+        registry.declare_core_keys(_name, f"{_cls.__module__}.{_cls.__qualname__}", _keys)
 
 
 def section_class(name: str) -> type:

@@ -27,8 +27,10 @@ logger      log       ``factory(cfg, run_dir) -> torchrl.record.loggers.Logger``
 
 ``options`` is a dataclass whose fields (made with :func:`pure_rl.config.opt`) are the thing's own config keys:
 they join the kind's section (``env.prm_model``, ``algo.temperature``), are validated like every other key and
-listed by ``--list-keys``. Two things may declare the same key only with the same type and default (a shared
-key such as ``temperature``). ``requires`` names option keys that must be set when the thing is selected.
+listed by ``--list-keys``. **A plug-in adds keys, it never changes one**: a core key of the section
+(``env.max_steps``) cannot be declared at all, and two things may declare the same key only with the same type,
+default, check and choices (a shared key such as ``temperature``); either clash is an error naming both owners.
+``requires`` names option keys that must be set when the thing is selected.
 
 This module imports only the standard library, so every layer (``envs``, ``agents``, the objectives, the run)
 may register into it without importing another.
@@ -47,6 +49,7 @@ __all__ = [
     "SECTIONS",
     "Entry",
     "RegistryError",
+    "declare_core_keys",
     "entry",
     "get",
     "import_plugins",
@@ -131,6 +134,8 @@ class Entry:
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+# Each section's own keys and the class that declares them (pure_rl.config declares them as it is imported).
+_CORE_KEYS: dict[str, tuple[str, frozenset[str]]] = {}
 _builtins_loaded = False
 _version = 0  # bumped by every registration, so what is derived from the registry knows when to rebuild
 
@@ -188,23 +193,60 @@ def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+def declare_core_keys(section: str, owner: str, keys: Iterable[str]) -> None:
+    """Record ``section``'s core keys (declared by ``owner``, a class's qualified name); no registered thing may
+    declare one of them."""
+    _CORE_KEYS[section] = (owner, frozenset(keys))
+    for e in all_entries():
+        _check_core_keys(e)
+
+
+def _check_core_keys(new: Entry) -> None:
+    owner, core = _CORE_KEYS.get(new.section, ("", frozenset()))
+    for f in new.option_fields():
+        if f.name in core:
+            raise RegistryError(
+                f"{new.kind} {new.name!r} ({_qualname(new.obj)}) declares {new.section}.{f.name}, a core key of "
+                f"the {new.section} section ({owner}): a plug-in may add keys, not redeclare one (its type, default "
+                f"and check would replace the core's); rename the option, e.g. {new.name}_{f.name}"
+            )
+
+
 def _check_shared_keys(new: Entry) -> None:
-    """A key two things declare in one section must mean the same type with the same default."""
+    """A key two things declare in one section must mean the same: type, default, check and choices."""
+    _check_core_keys(new)
     for other in all_entries():
         if other.section != new.section or (other.kind, other.name) == (new.kind, new.name):
             continue
         theirs = {f.name: f for f in other.option_fields()}
         for f in new.option_fields():
             if f.name in theirs and _signature(f) != _signature(theirs[f.name]):
+                ours, other_sig = _signature(f), _signature(theirs[f.name])
+                differs = [what for what, a, b in zip(_SIGNATURE_PARTS, ours, other_sig) if a != b]
                 raise RegistryError(
-                    f"{new.kind} {new.name!r} declares {new.section}.{f.name} unlike {other.kind} "
-                    f"{other.name!r} does ({_signature(f)} vs {_signature(theirs[f.name])}); rename the key"
+                    f"{new.kind} {new.name!r} ({_qualname(new.obj)}) declares {new.section}.{f.name} with another "
+                    f"{', '.join(differs)} than {other.kind} {other.name!r} ({_qualname(other.obj)}) does "
+                    f"({_describe(f)} vs {_describe(theirs[f.name])}); rename the key"
                 )
 
 
+_SIGNATURE_PARTS = ("type", "default", "check", "choices")
+
+
 def _signature(f: dataclasses.Field) -> tuple:
+    """What a key means: its type, default, check (compared by its code, so two identical lambdas agree) and
+    choices."""
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    return (str(f.type), repr(default))
+    check = f.metadata.get("check")
+    code = getattr(check, "__code__", None)
+    check_sig = None if check is None else (code.co_code, code.co_consts, code.co_names) if code else _qualname(check)
+    return (str(f.type), repr(default), check_sig, repr(f.metadata.get("choices") or f.metadata.get("kind")))
+
+
+def _describe(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    check = f.metadata.get("allowed") or ("a check" if f.metadata.get("check") else "no check")
+    return f"{f.type} = {default!r}, {check}"
 
 
 def load_builtins() -> None:

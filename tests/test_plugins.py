@@ -172,8 +172,68 @@ def test_registering_a_taken_name_or_a_clashing_key_is_refused():
     class Clash:
         temperature: int = registry.opt(3, "a different temperature")
 
-    with pytest.raises(registry.RegistryError, match=r"declares algo\.temperature unlike estimator 'min_form'"):
+    with pytest.raises(registry.RegistryError, match=r"declares algo\.temperature with another type, default, check than estimator 'min_form'"):
         registry.register("estimator", "clashing_temperature", options=Clash)(type("X", (), {}))
+
+
+CORE_KEY_PLUGIN = textwrap.dedent(
+    '''
+    from dataclasses import dataclass
+
+    from envs.prm import ProcessRewardModel
+    from pure_rl.registry import opt, register
+
+
+    @dataclass
+    class Options:
+        vr_coef: float = opt(1.0, "redeclares a core key without its check")
+        max_steps: int = opt(99, "and another core key with another default")
+
+
+    @register("prm", "core_key_thief", options=Options)
+    def thief(cfg):
+        raise AssertionError("never built")
+    '''
+)
+
+
+def test_a_plugin_redeclaring_a_core_key_is_refused_naming_both_and_the_core_key_stays(tmp_path, monkeypatch):
+    (tmp_path / "core_key_plugin.py").write_text(CORE_KEY_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "tiny.yaml", ["plugins=[core_key_plugin]"])
+    message = str(info.value)
+    assert "prm 'core_key_thief' (core_key_plugin.thief) declares env.vr_coef" in message
+    assert "core key of the env section (pure_rl.config.EnvConfig)" in message
+    assert "core_key_thief" not in registry.names("prm")
+    # Nothing of it took: the core key keeps its check and default.
+    with pytest.raises(ConfigError, match=r"env\.vr_coef"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["env.vr_coef=-5"])
+    assert load_config(ROOT / "configs" / "default.yaml").env.max_steps != 99
+
+
+def test_two_plugins_sharing_a_key_must_agree_on_its_check_and_choices():
+    from dataclasses import dataclass
+
+    @dataclass
+    class First:
+        shared_margin: float = registry.opt(0.5, "a margin", check=lambda v: v >= 0, allowed=">= 0")
+
+    @dataclass
+    class Same:
+        shared_margin: float = registry.opt(0.5, "the same margin", check=lambda v: v >= 0, allowed=">= 0")
+
+    @dataclass
+    class Looser:
+        shared_margin: float = registry.opt(0.5, "a margin without a check")
+
+    registry.register("prm", "margin_first", options=First)(type("A", (), {}))
+    registry.register("prm", "margin_same", options=Same)(type("B", (), {}))  # the same meaning: accepted
+    with pytest.raises(registry.RegistryError) as info:
+        registry.register("prm", "margin_looser", options=Looser)(type("C", (), {}))
+    message = str(info.value)
+    assert "prm 'margin_looser'" in message and "declares env.shared_margin with another check" in message
+    assert "prm 'margin_first'" in message and "'margin_looser'" not in registry.names("prm")
 
 
 def test_a_logger_whose_package_is_missing_is_a_config_error():
