@@ -4,8 +4,9 @@
 raises and its time is bounded in any thread: a response with no ``\\boxed{}`` is wrong (the spec's prompt
 demands one), inputs are capped in length before any parsing, and the symbolic compare is bounded by
 math-verify's own timeouts. Those use SIGALRM, which only the main thread receives, so a call from another
-thread runs the compare in a worker process (started on first use) and abandons it past the time bound: a power
-tower such as ``10^{10^{10^{10}}}`` is judged wrong, never a hung thread.
+thread runs the compare in a worker process of its own (a few are kept for later calls) and abandons it past the
+time bound: a power tower such as ``10^{10^{10^{10}}}`` is judged wrong, never a hung thread, and each call's
+bound holds however many run at once.
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ def _symbolic_equal(reference: str, answer: str, timeout: int) -> bool:
     return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
-_WORKER = {"pool": None}
-_WORKER_LOCK = threading.Lock()
-_WORKER_START_SECONDS = 120  # the first call waits for the worker process to start and import math-verify
+_WORKER_START_SECONDS = 120  # a new worker process waits this long to start and import math-verify
+_MAX_IDLE_WORKERS = 4  # started workers kept for later calls; more concurrent calls start more
+_IDLE: list[_Worker] = []
+_IDLE_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -134,45 +136,84 @@ def _main_module_importable():
             main.__file__ = path
 
 
-def _worker_pool():
-    with _WORKER_LOCK:
-        if _WORKER["pool"] is None:
-            with _main_module_importable():
-                pool = multiprocessing.get_context("spawn").Pool(1)
-            pool.apply_async(_warm_up).get(timeout=_WORKER_START_SECONDS)
-            _WORKER["pool"] = pool
-            atexit.register(_stop_worker)
-        return _WORKER["pool"]
+class _Worker:
+    """One spawned process that runs :func:`_symbolic_equal` (in its main thread, where SIGALRM works) for one
+    caller at a time. **Each call is bounded on its own**: a call has a worker to itself (an idle one, or a new
+    one when all are busy), so k slow compares cost one bound, not k, and a compare abandoned past its bound
+    kills only its own worker, never another caller's pending answer."""
+
+    def __init__(self):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        with _main_module_importable():
+            self.process = ctx.Process(target=_serve, args=(child,), daemon=True)
+            self.process.start()
+        child.close()
+        if not self.conn.poll(_WORKER_START_SECONDS):
+            self.stop()
+            raise TimeoutError(f"the verifier's worker process did not start within {_WORKER_START_SECONDS}s")
+        self.conn.recv()  # ready: math-verify imported
+
+    def compare(self, reference: str, answer: str, timeout: int) -> bool | None:
+        """The compare's result, or None when it ran past the parse and compare timeouts plus a second (the
+        worker is then stopped)."""
+        self.conn.send((reference, answer, timeout))
+        if self.conn.poll(3 * timeout + 1):
+            with contextlib.suppress(EOFError):  # the process died: judged as past the bound
+                return self.conn.recv()
+        self.stop()
+        return None
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
 
 
-def _stop_worker() -> None:
-    # Stopped before interpreter shutdown: a pool finalised during it raises inside its own __del__.
-    with _WORKER_LOCK:
-        pool, _WORKER["pool"] = _WORKER["pool"], None
-    if pool is not None:
-        pool.terminate()
-        pool.join()
-
-
-def _warm_up() -> bool:
+def _serve(conn) -> None:
     import math_verify  # noqa: F401 (imported once, before the first timed compare)
 
-    return True
+    conn.send(True)
+    while True:
+        try:
+            reference, answer, timeout = conn.recv()
+        except EOFError:  # the caller's process ended
+            return
+        try:
+            result = _symbolic_equal(reference, answer, timeout)
+        except Exception:
+            result = False
+        conn.send(result)
+
+
+def _stop_idle_workers() -> None:
+    # Stopped before interpreter shutdown, not left to the processes' finalisers.
+    with _IDLE_LOCK:
+        workers, _IDLE[:] = list(_IDLE), []
+    for worker in workers:
+        worker.stop()
+
+
+atexit.register(_stop_idle_workers)
 
 
 def _symbolic_equal_in_worker(reference: str, answer: str, timeout: int) -> bool:
-    """:func:`_symbolic_equal` in the worker process (where SIGALRM works), abandoned after the parse and compare
-    timeouts plus a second: the worker is then killed and restarted on the next call."""
-    pool = _worker_pool()
-    try:
-        return pool.apply_async(_symbolic_equal, (reference, answer, timeout)).get(timeout=3 * timeout + 1)
-    except multiprocessing.TimeoutError:
-        with _WORKER_LOCK:
-            if _WORKER["pool"] is pool:
-                _WORKER["pool"] = None
-        pool.terminate()
+    """:func:`_symbolic_equal` in a worker process of its own, abandoned past its bound (judged wrong)."""
+    with _IDLE_LOCK:
+        worker = _IDLE.pop() if _IDLE else None
+    if worker is None or not worker.process.is_alive():
+        worker = _Worker()
+    result = worker.compare(reference, answer, timeout)
+    if result is None:
         log.warning("verifier: %.80r vs %.80r took over %ss; judged wrong", answer, reference, 3 * timeout + 1)
         return False
+    with _IDLE_LOCK:
+        keep = len(_IDLE) < _MAX_IDLE_WORKERS
+        if keep:
+            _IDLE.append(worker)
+    if not keep:
+        worker.stop()
+    return result
 
 
 def _as_latex(answer: str) -> str:

@@ -172,12 +172,13 @@ def test_registering_a_taken_name_or_a_clashing_key_is_refused():
     class Clash:
         temperature: int = registry.opt(3, "a different temperature")
 
-    with pytest.raises(registry.RegistryError, match=r"declares algo\.temperature with another type, default, check than estimator 'min_form'"):
+    clash = r"declares algo\.temperature with another type, default, check than estimator 'min_form'"
+    with pytest.raises(registry.RegistryError, match=clash):
         registry.register("estimator", "clashing_temperature", options=Clash)(type("X", (), {}))
 
 
 CORE_KEY_PLUGIN = textwrap.dedent(
-    '''
+    """
     from dataclasses import dataclass
 
     from envs.prm import ProcessRewardModel
@@ -193,7 +194,7 @@ CORE_KEY_PLUGIN = textwrap.dedent(
     @register("prm", "core_key_thief", options=Options)
     def thief(cfg):
         raise AssertionError("never built")
-    '''
+    """
 )
 
 

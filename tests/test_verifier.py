@@ -97,6 +97,44 @@ def test_time_is_bounded_in_a_worker_thread_too():
     print(f"worst case from a thread: {results['tower'][1]:.1f}s (includes starting the worker process)")
 
 
+def test_each_call_from_a_thread_is_bounded_on_its_own():
+    """Slow compares from several threads run side by side, each in a worker of its own: easy answers asked while
+    four slow ones run come back before any slow one ends (with one shared worker they queued behind all four,
+    each taking its 5 s timeout, and came back last). Compared by order of completion, not by seconds: how fast
+    workers start depends on the machine."""
+    import threading
+    import time
+
+    results = {}
+
+    def check(key, response, reference):
+        t0 = time.perf_counter()
+        verdict = MathVerifier(timeout_seconds=5).verify(response, reference)
+        results[key] = (verdict, time.perf_counter() - t0, time.perf_counter())
+
+    towers = [
+        threading.Thread(target=check, args=(f"tower{i}", rf"\boxed{{10^{{10^{{10^{{1{i}}}}}}}}}", "5"), daemon=True)
+        for i in range(4)
+    ]
+    easy = [
+        threading.Thread(target=check, args=("half", r"so \boxed{\frac{1}{2}}", "0.5"), daemon=True),
+        threading.Thread(target=check, args=("pair", r"\boxed{(3,4)}", "(3, 4)"), daemon=True),
+    ]
+    for t in towers:
+        t.start()
+    time.sleep(1.0)  # the slow compares are running (or queued) before the easy ones are asked
+    for t in easy:
+        t.start()
+    for t in towers + easy:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in towers + easy), "a verify call from a thread did not return"
+    assert [results[f"tower{i}"][0] for i in range(4)] == [False] * 4
+    assert results["half"][0] is True and results["pair"][0] is True, results
+    last_easy = max(results["half"][2], results["pair"][2])
+    assert last_easy < min(results[f"tower{i}"][2] for i in range(4)), results
+    print({k: round(v[1], 1) for k, v in results.items()})  # seconds per call
+
+
 def test_the_time_bound_holds_for_a_script_piped_to_python(tmp_path):
     # The worker process that bounds symbolic compares off the main thread is spawned; a spawned process re-imports
     # the caller's main module from its path, and "<stdin>" (python -, -c, notebooks) is no file.
