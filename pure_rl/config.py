@@ -312,6 +312,58 @@ class AlgoConfig:
     )
     whiten: bool = opt(True, "whiten advantages over the batch")
     clip_epsilon: float = opt(0.2, "PPO ratio clip", check=positive, allowed="> 0")
+    clip_epsilon_high: float | None = opt(
+        None,
+        "the ratio's upper clip, 1 + this, apart from the lower 1 - algo.clip_epsilon (DAPO's clip-higher, 0.28 "
+        "there; TRL epsilon_high, verl clip_ratio_high, TorchRL clip_epsilon=(low, high)); None: algo.clip_epsilon",
+        check=positive,
+        allowed="> 0",
+    )
+    clip_ratio_c: float | None = opt(
+        None,
+        "dual clip: a token with a negative advantage contributes at least c * A to the objective however large its "
+        "ratio (verl clip_ratio_c, 3.0 there); None: off",
+        check=lambda v: v > 1,
+        allowed="> 1",
+    )
+    loss_aggregation: str = opt(
+        "seq_mean_token_mean",
+        "how per-token loss terms become the loss (a registered aggregation): seq_mean_token_mean (each "
+        "response's token mean, then the mean over responses: the reference code's, TRL loss_type=grpo), "
+        "token_mean (every token of the batch alike: TRL dapo, its default), seq_mean_token_sum_norm (each "
+        "response's token sum over env.max_tokens: Dr. GRPO, TRL dr_grpo); verl loss_agg_mode uses these names",
+        kind="aggregation",
+    )
+    overlong: str = opt(
+        "none",
+        "responses the token or step budget cut off: 'none' trains on them as if finished; 'mask' leaves them out "
+        "of the loss (TRL mask_truncated_completions); 'penalty' adds DAPO's soft overlong penalty to the last "
+        "step's reward, 0 up to env.max_tokens - algo.overlong_buffer tokens, falling linearly to "
+        "-algo.overlong_penalty at env.max_tokens (verl's overlong_buffer)",
+        choices=("none", "mask", "penalty"),
+    )
+    overlong_buffer: int = opt(
+        0, "algo.overlong=penalty: tokens before the budget where the penalty starts", check=non_negative,
+        allowed=">= 0",
+    )  # fmt: skip
+    overlong_penalty: float = opt(
+        1.0, "algo.overlong=penalty: the penalty at the budget", check=non_negative, allowed=">= 0"
+    )
+    group_filter: str = opt(
+        "none",
+        "dynamic sampling (DAPO; verl filter_groups, OpenRLHF dynamic_filtering): drop groups with no learning "
+        "signal and roll out more prompts until the batch holds train.prompts_per_iter groups (a registered "
+        "group filter): 'none'; 'zero_advantage' drops a group whose every step advantage is 0 before the KL "
+        "(under PRM+VR the PRM can separate samples the verifier cannot); 'same_outcome' drops a group whose "
+        "verifier outcomes are all equal (DAPO's rule)",
+        kind="group_filter",
+    )
+    group_filter_max_batches: int = opt(
+        4,
+        "algo.group_filter: rollout batches at most per iteration; a batch still short after that many is an error",
+        check=positive,
+        allowed="> 0",
+    )
     engine_is_correction: str = opt(
         "none",
         "importance-sampling correction for the generation engine's numerics (a bf16 vLLM engine beside fp32 "
@@ -567,10 +619,14 @@ def shared_prompt_pass(cfg: RunConfig) -> bool:
     return not cfg.train.gradient_checkpointing and not str(cfg.policy.device).startswith("cuda")
 
 
+# Kinds whose selecting key is not the kind's own name.
+_SELECTING_KEY = {"logger": "loggers", "aggregation": "loss_aggregation"}
+
+
 def _cross_checks(cfg: RunConfig) -> None:
     """Checks that involve more than one key, or what the selected things require."""
     for kind, section in registry.SECTIONS.items():
-        key = "loggers" if kind == "logger" else kind  # the key that selects things of this kind
+        key = _SELECTING_KEY.get(kind, kind)  # the key that selects things of this kind
         selected = getattr(getattr(cfg, section), key)
         for name in selected if isinstance(selected, list) else [selected]:
             entry = registry.entry(kind, name)
@@ -592,6 +648,11 @@ def _cross_checks(cfg: RunConfig) -> None:
         raise ConfigError(
             "train.gradient_checkpointing=true needs train.shared_prompt_pass=false: the shared prompt pass keeps "
             "the prompt's KV cache for the backward pass, which checkpointing recomputes without a cache"
+        )
+    if cfg.algo.overlong == "penalty" and not 0 < cfg.algo.overlong_buffer <= cfg.env.max_tokens:
+        raise ConfigError(
+            f"algo.overlong=penalty needs 0 < algo.overlong_buffer <= env.max_tokens ({cfg.env.max_tokens}), got "
+            f"{cfg.algo.overlong_buffer}: the penalty grows over the last overlong_buffer tokens of the budget"
         )
     rollouts = cfg.train.prompts_per_iter * cfg.train.samples_per_prompt
     if cfg.train.mini_batch_size > rollouts:

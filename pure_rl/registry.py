@@ -14,16 +14,20 @@ registries, so no list of names is kept anywhere else. A user module listed unde
 
 What each kind holds (the contract; README "Extending pure-rl"):
 
-==========  ========  =================================================================================
-kind        section   registered object
-==========  ========  =================================================================================
-estimator   algo      a ``torchrl.objectives.value.ValueEstimatorBase`` subclass, built with keyword args
-baseline    algo      ``fn(batch: CreditBatch) -> advantages [N, K]`` (:mod:`pure_rl.objectives.credit`)
-prm         env       ``factory(cfg) -> ProcessRewardModel``
-task        env       ``factory(cfg, split) -> ProblemSource`` (``split``: ``"train"`` or ``"eval"``)
-verifier    env       ``factory(cfg) -> object with .verify(response, reference) -> bool``
-logger      log       ``factory(cfg, run_dir) -> torchrl.record.loggers.Logger``
-==========  ========  =================================================================================
+============  ========  ===============================================================================
+kind          section   registered object
+============  ========  ===============================================================================
+estimator     algo      a ``torchrl.objectives.value.ValueEstimatorBase`` subclass, built with keyword args
+baseline      algo      ``fn(batch: CreditBatch) -> advantages [N, K]`` (:mod:`pure_rl.objectives.credit`)
+aggregation   algo      a class: ``()(values [B, T], mask [B, T], max_tokens) -> loss`` and
+                        ``.share(mask, batch_mask) -> float`` (:mod:`pure_rl.objectives.aggregation`)
+group_filter  algo      ``fn(advantage [G, S, K], mask [G, S, K], correct [G, S] or None) -> keep [G]``
+                        (:mod:`pure_rl.group_filter`)
+prm           env       ``factory(cfg) -> ProcessRewardModel``
+task          env       ``factory(cfg, split) -> ProblemSource`` (``split``: ``"train"`` or ``"eval"``)
+verifier      env       ``factory(cfg) -> object with .verify(response, reference) -> bool``
+logger        log       ``factory(cfg, run_dir) -> torchrl.record.loggers.Logger``
+============  ========  ===============================================================================
 
 ``options`` is a dataclass whose fields (made with :func:`pure_rl.config.opt`) are the thing's own config keys:
 they join the kind's section (``env.prm_model``, ``algo.temperature``), are validated like every other key and
@@ -62,6 +66,8 @@ __all__ = [
 SECTIONS = {
     "estimator": "algo",
     "baseline": "algo",
+    "aggregation": "algo",
+    "group_filter": "algo",
     "prm": "env",
     "task": "env",
     "verifier": "env",
@@ -73,6 +79,8 @@ KINDS = tuple(SECTIONS)
 _BUILTIN_MODULES = (
     "pure_rl.objectives.credit",
     "pure_rl.objectives.estimators",
+    "pure_rl.objectives.aggregation",
+    "pure_rl.group_filter",
     "envs.factory",
     "pure_rl.loggers",
 )

@@ -15,12 +15,20 @@ from tensordict import TensorDict, TensorDictBase
 from envs.ragged import token_id_lists
 from pure_rl.objectives.credit import valid_steps_from_done
 
-__all__ = ["build_token_batch", "step_sums", "token_advantages", "valid_step_mask"]
+__all__ = ["build_token_batch", "step_sums", "token_advantages", "truncated_rows", "valid_step_mask"]
 
 
 def valid_step_mask(traj: TensorDictBase) -> torch.Tensor:
     """``[B, K]`` True on real steps: those before or at each episode's first ``done``."""
     return valid_steps_from_done(traj.get(("next", "done")).reshape(traj.shape))
+
+
+def truncated_rows(traj: TensorDictBase) -> torch.Tensor:
+    """``[B]`` True where the episode ended because the token or step budget ran out (not by itself)."""
+    b, k = traj.shape
+    valid = valid_step_mask(traj)
+    truncated = traj.get(("next", "truncated")).reshape(b, k)
+    return truncated.gather(-1, (valid.sum(-1, keepdim=True) - 1).clamp(min=0)).squeeze(-1)
 
 
 def build_token_batch(
@@ -61,8 +69,7 @@ def build_token_batch(
     step_log_probs = None if step_log_probs is None else token_id_lists(step_log_probs)
     nan = float("nan")
     eos = set(eos_token_ids)
-    truncated = traj.get(("next", "truncated")).reshape(b, k)
-    truncated = truncated.gather(-1, (valid.sum(-1, keepdim=True) - 1).clamp(min=0)).squeeze(-1)
+    truncated = truncated_rows(traj)
     rows = []
     for i in range(b):
         ids = list(prompt_ids(prompts[i][0]))

@@ -191,6 +191,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     from agents.lora import AdaptersDisabled, adapter_state, apply_lora, load_adapter_state
     from envs import make_env
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from pure_rl.group_filter import fill_batch
     from pure_rl.loggers import make_loggers
     from pure_rl.metrics import (
         boundary_probabilities,
@@ -267,6 +268,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         kl_coef=cfg.algo.kl_coef,
         kl_estimator=cfg.algo.kl_estimator,
         critic_coef=cfg.algo.critic_coef,
+        aggregation=cfg.algo.loss_aggregation,
+        max_tokens=cfg.env.max_tokens,
+        clip_epsilon_high=cfg.algo.clip_epsilon_high,
+        clip_ratio_c=cfg.algo.clip_ratio_c,
         log_prob_fn=functools.partial(
             log_probs_with_entropy,
             shared_prompt_pass=shared_prompt_pass(cfg),
@@ -365,6 +370,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         env.reward_seconds = 0.0
         with torch.no_grad():
             traj = next(batches)
+            if cfg.algo.group_filter != "none":  # dynamic sampling: more rollouts until the groups carry signal
+                traj, filtered = fill_batch(traj, batches, estimator, cfg)
         rollout_s = time.perf_counter() - t0
         reward_s = env.reward_seconds
         policy.release_engine()  # with policy.vllm_sleep the update gets the engine's memory until the sync
@@ -393,6 +400,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             metrics.update(boundary_probabilities(model, tokens, policy.eos_token_ids, separators))
         generated = tokens["response_mask"].sum().item()
         metrics.update(stats)
+        if cfg.algo.group_filter != "none":
+            metrics.update(filtered)
         metrics.update(
             rollout_s=rollout_s,
             reward_s=reward_s,

@@ -24,9 +24,9 @@ from agents.log_probs import batch_log_probs
 from envs.steps import ends_step
 from pure_rl import registry
 from pure_rl.config import shared_prompt_pass
-from pure_rl.objectives.credit import whiten_nonzero
-from pure_rl.objectives.loss import truncated_importance_weights
-from pure_rl.token_batch import build_token_batch, step_sums, token_advantages
+from pure_rl.objectives.credit import place_at_last_step, whiten_nonzero
+from pure_rl.objectives.loss import loss_mask, truncated_importance_weights
+from pure_rl.token_batch import build_token_batch, step_sums, token_advantages, truncated_rows, valid_step_mask
 
 __all__ = [
     "STAT_KEYS",
@@ -38,6 +38,7 @@ __all__ = [
     "lr_scheduler",
     "make_estimator",
     "optimizer_steps_per_batch",
+    "overlong_penalty",
     "policy_token_batch",
     "ppo_update",
     "restore_lr_scheduler",
@@ -195,6 +196,15 @@ def add_credit(
         kl_tokens = (old - ref) * tokens["response_mask"]
         if cfg.algo.kl_to_go == "step":
             traj["extra_reward"] = -cfg.algo.kl_coef * step_sums(kl_tokens, tokens, traj.shape[1])
+    if cfg.algo.overlong == "penalty":
+        penalty = overlong_penalty(
+            tokens["response_mask"].sum(-1), cfg.env.max_tokens, cfg.algo.overlong_buffer, cfg.algo.overlong_penalty
+        )
+        extra = traj.get("extra_reward", None)
+        at_end = place_at_last_step(penalty, valid_step_mask(traj))
+        traj["extra_reward"] = at_end if extra is None else extra + at_end
+    elif cfg.algo.overlong == "mask":
+        tokens["loss_mask"] = tokens["response_mask"] & ~truncated_rows(traj)[:, None]
     estimator(traj)
     advantage = token_advantages(traj["advantage"].reshape(traj.shape), tokens)
     if kl_tokens is not None and cfg.algo.kl_to_go == "token":
@@ -203,6 +213,13 @@ def add_credit(
     if cfg.algo.whiten and cfg.algo.whiten_mode == "reference":
         advantage = whiten_nonzero(advantage, tokens["response_mask"])
     tokens["advantage"] = advantage
+
+
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int, penalty: float) -> torch.Tensor:
+    """DAPO's soft overlong punishment of responses of ``lengths [B]`` tokens: 0 up to ``max_tokens - buffer``,
+    then falling linearly to ``-penalty`` at ``max_tokens`` (``[B]``, float)."""
+    over = (lengths.to(torch.get_default_dtype()) - (max_tokens - buffer)) / buffer
+    return -penalty * over.clamp(0.0, 1.0)
 
 
 def accumulate_gradients(
@@ -220,11 +237,13 @@ def accumulate_gradients(
     ``stats`` and returns it. No optimiser step."""
     n = tokens.shape[0]
     stats = stats if stats is not None else dict.fromkeys(STAT_KEYS, 0.0)
+    batch_mask = loss_mask(tokens)
     for start in range(0, n, micro_batch_size):
         mb = slice(start, min(n, start + micro_batch_size))
         with precision():
             out = loss_module(tokens[mb])
-        weight = (mb.stop - mb.start) / n
+        # The micro-batch's share of the batch's loss, as the loss aggregation counts (rows, or tokens).
+        weight = loss_module.aggregation.share(batch_mask[mb], batch_mask)
         total = out["loss_objective"] + out["loss_entropy"] + out["loss_kl"]
         (total * weight if scaler is None else scaler.scale(total * weight)).backward()
         for key in ("loss_objective", "entropy", "clip_fraction", "kl"):

@@ -384,9 +384,28 @@ def rloo_advantages(batch: CreditBatch) -> Tensor:
 
 @register("baseline", "grpo", needs_group=True)
 def grpo_advantages(batch: CreditBatch) -> Tensor:
-    """Value target minus the group mean of first-step targets, over the group's standard deviation."""
+    """Value target minus the group mean of first-step targets, over the group's standard deviation (TRL
+    ``scale_rewards="group"``)."""
     mean, std = group_mean_std(batch.value_targets[:, 0], batch.group_ids)
     return (batch.value_targets - mean[:, None]) / (std[:, None] + 1e-6) * batch.mask
+
+
+@register("baseline", "grpo_batch_std", needs_group=True)
+def grpo_batch_std_advantages(batch: CreditBatch) -> Tensor:
+    """Value target minus the group mean of first-step targets, over the standard deviation of the whole batch's
+    first-step targets (TRL ``scale_rewards="batch"``: a group whose samples barely differ is not blown up)."""
+    first = batch.value_targets[:, 0]
+    mean, _ = group_mean_std(first, batch.group_ids)
+    std = first.std(unbiased=False) if first.numel() > 0 else first.new_zeros(())
+    return (batch.value_targets - mean[:, None]) / (std + 1e-6) * batch.mask
+
+
+@register("baseline", "grpo_no_std", needs_group=True)
+def grpo_no_std_advantages(batch: CreditBatch) -> Tensor:
+    """Value target minus the group mean of first-step targets, unscaled (Dr. GRPO; TRL ``scale_rewards="none"``):
+    dividing by a group's standard deviation weighs nearly-unanimous groups up."""
+    mean, _ = group_mean_std(batch.value_targets[:, 0], batch.group_ids)
+    return (batch.value_targets - mean[:, None]) * batch.mask
 
 
 @register("baseline", "none")

@@ -20,7 +20,7 @@ from torchrl.objectives.common import LossModule
 from pure_rl import registry
 from pure_rl.objectives.credit import valid_steps_from_done
 
-__all__ = ["PUREPPOLoss", "StepTokenPPOLoss", "truncated_importance_weights"]
+__all__ = ["PUREPPOLoss", "StepTokenPPOLoss", "loss_mask", "truncated_importance_weights"]
 
 # (model, token batch, with_entropy) -> (log_probs [B, T], entropy [B, T] or None)
 LogProbFn = Callable[[torch.nn.Module, TensorDictBase, bool], tuple[torch.Tensor, torch.Tensor | None]]
@@ -39,6 +39,13 @@ def truncated_importance_weights(
     engine = torch.nan_to_num(engine_log_probs, nan=0.0)
     gap = torch.where(torch.isnan(engine_log_probs), torch.zeros_like(engine), trainer_log_probs - engine)
     return torch.exp(gap).clamp(max=cap) * mask
+
+
+def loss_mask(tokens: TensorDictBase) -> torch.Tensor:
+    """``[B, T]`` the tokens the loss counts: ``loss_mask`` where a filter wrote one (``algo.overlong=mask``
+    leaves truncated responses out), else every response token."""
+    mask = tokens.get("loss_mask", None)
+    return tokens["response_mask"] if mask is None else mask
 
 
 class PUREPPOLoss(ClipPPOLoss):
@@ -85,17 +92,28 @@ class StepTokenPPOLoss(PUREPPOLoss):
         kl_estimator: str = "k1",
         critic_coef: float = 0.5,
         log_prob_fn: LogProbFn,
+        aggregation: str = "seq_mean_token_mean",
+        max_tokens: int = 0,
+        clip_epsilon_high: float | None = None,
+        clip_ratio_c: float | None = None,
     ):
         if kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {kl_estimator!r}")
+        if aggregation == "seq_mean_token_sum_norm" and max_tokens <= 0:
+            raise ValueError("aggregation 'seq_mean_token_sum_norm' divides by the token budget: give max_tokens > 0")
         actor = TensorDictModule(model, in_keys=["input_ids", "attention_mask"], out_keys=["logits"])
-        super().__init__(actor, critic_network=None, clip_epsilon=clip_epsilon, functional=False)
+        # TorchRL's own asymmetric clip (DAPO's clip-higher): a (low, high) pair becomes its two buffers.
+        clip = clip_epsilon if clip_epsilon_high is None else (clip_epsilon, clip_epsilon_high)
+        super().__init__(actor, critic_network=None, clip_epsilon=clip, functional=False)
         self.model = model
         self.entropy_coef = entropy_coef
         self.kl_coef = kl_coef
         self.kl_estimator = kl_estimator
         self.critic_coef = critic_coef
         self.log_prob_fn = log_prob_fn
+        self.aggregation = registry.get("aggregation", aggregation)()
+        self.max_tokens = max_tokens
+        self.clip_ratio_c = clip_ratio_c
 
     @property
     def critic(self) -> torch.nn.Module | None:
@@ -118,26 +136,35 @@ class StepTokenPPOLoss(PUREPPOLoss):
     def forward(self, tokens: TensorDictBase) -> TensorDict:
         log_probs, entropy = self.log_prob_fn(self.model, tokens, True)
         device = log_probs.device
-        mask = tokens["response_mask"].to(device).to(log_probs.dtype)
+        mask = loss_mask(tokens).to(device).to(log_probs.dtype)
         n_tokens = mask.sum(-1).clamp(min=1)
 
-        def sequence_mean(x: torch.Tensor) -> torch.Tensor:
+        def sequence_mean(x: torch.Tensor) -> torch.Tensor:  # the diagnostics, whatever the loss aggregation
             return ((x * mask).sum(-1) / n_tokens).mean()
+
+        def aggregate(x: torch.Tensor) -> torch.Tensor:
+            return self.aggregation(x, mask, self.max_tokens)
 
         old = tokens.get("old_log_prob", None)
         old = log_probs.detach() if old is None else old.to(device)
         advantage = tokens["advantage"].to(device).to(log_probs.dtype)
         ratio = torch.exp((log_probs - old) * mask)
-        eps = self.clip_epsilon  # ClipPPOLoss's buffer
-        surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - eps, 1 + eps) * advantage)
+        # ClipPPOLoss's buffers: clip_epsilon, or clip_epsilon_low / clip_epsilon_high when asymmetric.
+        eps = self.clip_epsilon_low if self._asymmetric_clip else self.clip_epsilon
+        high = self.clip_epsilon_high if self._asymmetric_clip else eps
+        surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - eps, 1 + high) * advantage)
+        if self.clip_ratio_c is not None:
+            # Dual clip: a negative advantage's objective is bounded below by c * A, however large the ratio grew.
+            surrogate = torch.where(advantage < 0, torch.maximum(surrogate, self.clip_ratio_c * advantage), surrogate)
         is_weight = tokens.get("is_weight", None)
         if is_weight is not None:
             surrogate = surrogate * is_weight.to(device).to(surrogate.dtype)
+        clipped = (ratio < 1 - eps) | (ratio > 1 + high) if self._asymmetric_clip else (ratio - 1).abs() > eps
         out = {
-            "loss_objective": -sequence_mean(surrogate),
-            "loss_entropy": -self.entropy_coef * sequence_mean(entropy),
+            "loss_objective": -aggregate(surrogate),
+            "loss_entropy": -self.entropy_coef * aggregate(entropy),
             "entropy": sequence_mean(entropy).detach(),
-            "clip_fraction": sequence_mean(((ratio - 1).abs() > eps).to(log_probs.dtype)).detach(),
+            "clip_fraction": sequence_mean(clipped.to(log_probs.dtype)).detach(),
             "ratio_max": (ratio * mask).max().detach(),
         }
         ref = tokens.get("ref_log_prob", None)
@@ -146,7 +173,7 @@ class StepTokenPPOLoss(PUREPPOLoss):
             delta = ref.to(device) - log_probs
             out["kl"] = sequence_mean(-delta).detach()  # k1 estimate of KL(pi || pi_ref)
             k3 = torch.exp(delta) - delta - 1
-            out["loss_kl"] = self.kl_coef * sequence_mean(k3) if self.kl_estimator == "k3" else zero
+            out["loss_kl"] = self.kl_coef * aggregate(k3) if self.kl_estimator == "k3" else zero
         else:
             out["kl"], out["loss_kl"] = zero, zero
         return TensorDict(out, batch_size=[])
