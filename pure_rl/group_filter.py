@@ -75,7 +75,8 @@ def fill_batch(
         batches += 1
         probe = traj.copy()  # the estimator writes its outputs into its input: not into the batch
         probe.pop("extra_reward", None)
-        whiten, estimator.whiten = estimator.whiten, False  # whitening would move a group's zeros off 0
+        whiten = getattr(estimator, "whiten", False)  # whitening would move a group's zeros off 0
+        estimator.whiten = False
         try:
             estimator(probe)
         finally:
