@@ -54,7 +54,8 @@ def test_int_accepted_for_float():
         ("algorithm.temperature=0.1", r"unknown key algorithm"),
         (
             "algo.baseline=median",
-            r"algo\.baseline='median'.*registered baselines: \['grpo', 'none', 'rloo', 'rloo_token'",
+            r"algo\.baseline='median'.*registered baselines: "
+            r"\['grpo', 'grpo_batch_std', 'grpo_no_std', 'none', 'rloo', 'rloo_token'",
         ),
         ("algo.estimator=min_from", r"algo\.estimator='min_from'.*did you mean 'min_form'.*registered estimators"),
         ("env.prm=hff", r"env\.prm='hff'.*registered prms: \['arithmetic_rule', 'hf'"),
