@@ -164,7 +164,10 @@ def add_credit(
     With ``algo.kl_to_go=step`` the KL is each step's ``extra_reward`` (the estimator puts it in the return);
     with ``token`` each advantage-carrying token gets ``-kl_coef`` times the KL of the tokens from it to the end
     (the step value targets then leave the KL out). ``algo.whiten_mode=reference`` whitens the token advantages
-    here (:func:`pure_rl.objectives.credit.whiten_nonzero`) instead of the steps' in the estimator."""
+    here (:func:`pure_rl.objectives.credit.whiten_nonzero`) instead of the steps' in the estimator.
+
+    ``algo.overlong``: ``penalty`` adds :func:`overlong_penalty` to the last step's ``extra_reward`` (outside the
+    credit form, as the KL); ``mask`` writes ``loss_mask`` without the responses the budget cut off."""
     passes = dict(
         micro_batch_size=cfg.train.micro_batch_size,
         shared_prompt_pass=shared_prompt_pass(cfg),
