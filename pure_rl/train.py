@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import random
 import signal
 import sys
@@ -131,6 +132,14 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.device_memory is not None:
         sys.exit("config error: --device-memory goes with --dry-run (a run reads its devices' memory itself)")
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":
+        # Each process would run the whole job on its own and race the others for the run folder.
+        sys.exit(
+            f"error: started as one of {world} processes (WORLD_SIZE={world}, torchrun or a launcher), but "
+            "pure_rl.train trains on one process and one device: multi-process training (FSDP/DDP) is not built "
+            "yet. Start it once, without torchrun (python -m pure_rl.train ...)"
+        )
     try:
         with RunLock(run_dir):
             if args.resume:

@@ -209,3 +209,16 @@ def test_a_kill_between_the_renames_of_a_save_leaves_the_last_checkpoint_loadabl
     assert load_checkpoint(run_dir)["iteration"] == 2
     resume(run_dir, "train.iterations=3")
     assert iterations(run_dir) == [1.0, 2.0, 3.0]
+
+
+def test_a_multi_process_launch_is_refused_before_it_touches_the_run_folder(tmp_path):
+    # torchrun sets WORLD_SIZE in each process; every one of them would run the whole job into one folder.
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "pure_rl.train", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir)],
+        cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "WORLD_SIZE": "2", "RANK": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "started as one of 2 processes (WORLD_SIZE=2" in done.stderr, done.stderr[-2000:]
+    assert not run_dir.exists()
