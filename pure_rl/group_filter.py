@@ -6,8 +6,8 @@ but still dilutes the batch; the learnability study saw collapse follow the vani
 outcomes. A filter is registered under ``group_filter`` as ``fn(advantage [G, S, K], mask [G, S, K], correct
 [G, S] or None) -> keep [G] bool`` (``S`` samples per prompt, ``K`` steps). **The advantage a filter sees is the
 credit assignment's before the KL penalty and before whitening** (either would make every group look
-informative): under PRM+VR the
-PRM can separate samples the verifier cannot, so the default rule looks at advantages, not only at outcomes.
+informative): under PRM+VR the PRM can separate samples the verifier cannot, so the default rule looks at
+advantages, not only at outcomes.
 
 :func:`fill_batch` keeps the groups that pass, rolls out further batches while fewer than the config's groups
 passed (at most ``algo.group_filter_max_batches`` batches in all, then a clear error), and returns exactly
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 from tensordict import TensorDictBase
 
+from pure_rl.objectives.credit import value_at_last_step
 from pure_rl.registry import register
 from pure_rl.token_batch import valid_step_mask
 
@@ -86,9 +87,7 @@ def fill_batch(
         mask = valid_step_mask(traj).reshape(g, samples, -1)
         correct = None
         if ("next", "verifier_reward") in traj.keys(include_nested=True):
-            last = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)
-            v = traj.get(("next", "verifier_reward")).reshape(g, samples, -1)
-            correct = v.gather(-1, last).squeeze(-1)
+            correct = value_at_last_step(traj.get(("next", "verifier_reward")).reshape(g, samples, -1), mask)
         keep = keep_fn(advantage, mask, correct)
         dropped += int((~keep).sum())
         rows = keep.repeat_interleave(samples)

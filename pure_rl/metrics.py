@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDictBase
 
 from envs.verifier import last_boxed
-from pure_rl.objectives.credit import last_step_index, min_form_returns
+from pure_rl.objectives.credit import min_form_returns, value_at_last_step
 from pure_rl.token_batch import valid_step_mask
 
 __all__ = [
@@ -38,22 +38,17 @@ METRIC_NAMES = (
 )
 
 
-def _last(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Each row's value at its last valid step."""
-    return x.gather(-1, last_step_index(mask)[:, None]).squeeze(-1)
-
-
 def rollout_metrics(traj: TensorDictBase) -> dict[str, float]:
     """Scalar metrics of one batch of episodes ``[B, K]`` (after the value estimator ran, if it did)."""
     mask = valid_step_mask(traj)
     b = traj.shape[0]
     nxt = traj.get("next")
     prm = nxt.get("prm_reward").reshape(traj.shape).float()
-    correct = _last(nxt.get("verifier_reward").reshape(traj.shape).float(), mask)
-    has_ref = _last(nxt.get("has_reference").reshape(traj.shape).float(), mask).bool()
-    truncated = _last(nxt.get("truncated").reshape(traj.shape).float(), mask)
+    correct = value_at_last_step(nxt.get("verifier_reward").reshape(traj.shape).float(), mask)
+    has_ref = value_at_last_step(nxt.get("has_reference").reshape(traj.shape).float(), mask).bool()
+    truncated = value_at_last_step(nxt.get("truncated").reshape(traj.shape).float(), mask)
     steps = mask.sum(-1).float()
-    tokens = _last(nxt.get("num_tokens").reshape(traj.shape).float(), mask)
+    tokens = value_at_last_step(nxt.get("num_tokens").reshape(traj.shape).float(), mask)
     responses = [list(row)[-1] for row in nxt.get("response").tolist()]
     step_texts = traj.get("step_text").tolist()
     groups = traj.get("group_id")[:, 0]

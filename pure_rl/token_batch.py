@@ -13,7 +13,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from envs.ragged import token_id_lists
-from pure_rl.objectives.credit import valid_steps_from_done
+from pure_rl.objectives.credit import valid_steps_from_done, value_at_last_step
 
 __all__ = ["build_token_batch", "step_sums", "token_advantages", "truncated_rows", "valid_step_mask"]
 
@@ -25,10 +25,7 @@ def valid_step_mask(traj: TensorDictBase) -> torch.Tensor:
 
 def truncated_rows(traj: TensorDictBase) -> torch.Tensor:
     """``[B]`` True where the episode ended because the token or step budget ran out (not by itself)."""
-    b, k = traj.shape
-    valid = valid_step_mask(traj)
-    truncated = traj.get(("next", "truncated")).reshape(b, k)
-    return truncated.gather(-1, (valid.sum(-1, keepdim=True) - 1).clamp(min=0)).squeeze(-1)
+    return value_at_last_step(traj.get(("next", "truncated")).reshape(traj.shape), valid_step_mask(traj))
 
 
 def build_token_batch(

@@ -40,6 +40,7 @@ __all__ = [
     "step_rewards_from_returns",
     "sum_form_returns",
     "valid_steps_from_done",
+    "value_at_last_step",
     "verifier_term",
     "whiten",
     "whiten_nonzero",
@@ -159,6 +160,12 @@ def valid_steps_from_done(done: Tensor) -> Tensor:
 def last_step_index(mask: Tensor) -> Tensor:
     """Index of the last valid step of each row, ``[...]`` (0 for fully masked rows)."""
     return (mask.to(torch.long).sum(-1) - 1).clamp(min=0)
+
+
+def value_at_last_step(values: Tensor, mask: Tensor) -> Tensor:
+    """Each row's entry of ``values [..., K]`` at its last valid step, ``[...]`` (step 0 for fully masked rows);
+    the inverse of :func:`place_at_last_step`."""
+    return values.gather(-1, last_step_index(mask).unsqueeze(-1)).squeeze(-1)
 
 
 def place_at_last_step(values: Tensor, mask: Tensor) -> Tensor:

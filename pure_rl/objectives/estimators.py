@@ -196,12 +196,11 @@ class StepCreditEstimator(ValueEstimatorBase):
             step_tokens = self._step_tensor(tensordict, self.tensor_keys.step_tokens).reshape(flat)
         correct = has_reference = None
         if self.vr_coef != 0:
-            last = credit.last_step_index(mask).unsqueeze(-1)
             v = self._step_tensor(tensordict, ("next", self.tensor_keys.verifier_reward))
-            correct = v.gather(-1, last).squeeze(-1).reshape(-1)
+            correct = credit.value_at_last_step(v, mask).reshape(-1)
             if tensordict.get(("next", self.tensor_keys.has_reference), None) is not None:
                 ref = self._step_tensor(tensordict, ("next", self.tensor_keys.has_reference)).to(torch.bool)
-                has_reference = ref.gather(-1, last).squeeze(-1).reshape(-1)
+                has_reference = credit.value_at_last_step(ref, mask).reshape(-1)
         extra = None
         if tensordict.get(self.tensor_keys.extra_reward, None) is not None:
             extra = self._step_tensor(tensordict, self.tensor_keys.extra_reward).reshape(flat)
