@@ -38,7 +38,7 @@ test: $(VLLM_STAMP)
 	$(PY) -m pytest -q -rs --durations=10
 
 test-fast: $(STAMP)
-	PURE_RL_ALLOW_NO_VLLM=1 $(PY) -m pytest -q -m "not slow and not vllm"
+	PURE_RL_ALLOW_NO_VLLM=1 $(PY) -m pytest -q -m "not slow and not vllm and not distributed"
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

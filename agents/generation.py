@@ -49,18 +49,29 @@ class GenerationBackend(Protocol):
         *,
         stop_at_step: bool,
         stop_at_answer: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         """Continuations of ``prompts`` (token ids). A row stops at EOS, at its budget, at the end of its step
         (``stop_at_step``), or at the end of the first step that writes a ``\\boxed{}`` answer
         (``stop_at_answer``: an env with ``end_at_answer`` ends the episode there, so nothing after it is used);
-        steps end by the rule of :func:`envs.steps.split_token_steps`."""
+        steps end by the rule of :func:`envs.steps.split_token_steps`. ``seeds`` (one per row; rows of one
+        prompt group share it): rows sampling from their own seeded generators, so what a row draws does not
+        depend on the batch it is in (how a run's draws stay the same on any number of processes)."""
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None: ...
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
-    """Next token per row from ``logits [n, vocab]``: greedy at temperature 0, else nucleus sampling."""
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    row_generators: list[tuple[list[int], torch.Generator]] | None = None,
+):
+    """Next token per row from ``logits [n, vocab]``: greedy at temperature 0, else nucleus sampling, drawn from
+    ``generator``, or with ``row_generators`` (``(rows, generator)`` pairs covering every row once) each set of
+    rows from its own generator: then a row's draws do not depend on the other rows of the batch."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -69,7 +80,13 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the most likely token
         sorted_probs = sorted_probs * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if row_generators is None:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    sampled = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    for rows, gen in row_generators:
+        index = torch.tensor(rows, device=probs.device)
+        sampled[index] = torch.multinomial(probs.index_select(0, index), 1, generator=gen).squeeze(-1)
+    return sampled
 
 
 class TransformersBackend:
@@ -109,10 +126,25 @@ class TransformersBackend:
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Nothing to do when generation runs on the trained module itself (or on the base model a LoRA policy's
-        adapters were injected into); another module's weights are copied in."""
+        adapters were injected into); another module's weights are copied in one tensor at a time, a sharded
+        (FSDP2) one's gathered tensor by tensor (``full_tensor()``, a collective every rank runs in the same order),
+        so no second whole copy of the model ever exists."""
         base = model.get_base_model() if is_lora(model) else model
-        if base is not self.model:
-            self.model.load_state_dict(model.state_dict())
+        if base is self.model:
+            return
+        from torch.distributed.tensor import DTensor
+
+        target, source = self.model.state_dict(), base.state_dict()
+        if target.keys() != source.keys():
+            raise ValueError(
+                f"sync_weights: the trained model's tensors ({len(source)}) do not match the generation model's "
+                f"({len(target)}); first differing: {sorted(target.keys() ^ source.keys())[:3]}"
+            )
+        with torch.no_grad():
+            for name, value in source.items():
+                if isinstance(value, DTensor):
+                    value = value.full_tensor()
+                target[name].copy_(value)
 
     def _text(self, token: int) -> str:
         text = self._token_text.get(token)
@@ -128,6 +160,7 @@ class TransformersBackend:
         *,
         stop_at_step: bool,
         stop_at_answer: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         n = len(prompts)
         results = [Generation([], "length", []) for _ in range(n)]
@@ -156,8 +189,19 @@ class TransformersBackend:
         step_texts = {i: "" for i in active}  # the current step's text (for stop_at_answer)
         keep_chars = len(self.separator) - 1
         eos = set(self.eos_token_ids)
+        # One generator per seed (per prompt group), its rows drawn together in row order: the same draws
+        # whichever other groups share the batch.
+        generators = {}
+        if seeds is not None and self.temperature > 0:
+            generators = {s: torch.Generator(device=self.device).manual_seed(s) for s in {seeds[i] for i in active}}
         while True:
-            sampled = sample_next(logits, self.temperature, self.top_p, self.generator)
+            row_generators = None
+            if generators:
+                rows_of: dict[int, list[int]] = {}
+                for row, i in enumerate(active):
+                    rows_of.setdefault(seeds[i], []).append(row)
+                row_generators = [(rows, generators[s]) for s, rows in rows_of.items()]
+            sampled = sample_next(logits, self.temperature, self.top_p, self.generator, row_generators)
             # The sampled token's log-probability at temperature 1, as the loss's forward computes it: with one
             # optimiser step per batch this is the old policy's, and the trainer needs no second pass for it.
             scores = logits.float()

@@ -92,6 +92,12 @@ def _causal_lm(model: torch.nn.Module):
     return model, contextlib.nullcontext()
 
 
+def _is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """``values [N]`` placed at the True entries of ``where [B, T]``, zeros elsewhere (differentiable)."""
     return values.new_zeros(where.shape).masked_scatter(where, values)
@@ -130,7 +136,16 @@ def token_log_probs(
         predicts = torch.zeros_like(attention_mask, dtype=torch.bool)
         predicts[:, 1:] = attention_mask[:, 1:].bool()  # token t is predicted at position t - 1
         with context:
-            hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if _is_sharded(lm):
+                # FSDP2 unshards the embeddings and head in the root's forward, and keeps a root's parameters
+                # unsharded after it (for the backward): the head chunks below can then use them. The root's
+                # forward computes one position's logits; its last hidden state is the decoder's output.
+                out = lm(
+                    input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1
+                )
+                hidden = out.hidden_states[-1]
+            else:
+                hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             lp, ent = head_log_probs(
                 hidden[:, :-1][predicts[:, 1:]],
                 input_ids[predicts],

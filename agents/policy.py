@@ -10,6 +10,7 @@ backend that turns token ids into token ids serves (transformers or vLLM).
 from __future__ import annotations
 
 import copy
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,20 @@ def _as_lists(value, n: int) -> list:
     if n == 1 and value and isinstance(value[0], int):
         value = [value]
     return [list(v) for v in value]
+
+
+def sampling_seeds(tensordict: TensorDictBase, prompts: list[str], seed: int) -> list[int] | None:
+    """One sampling seed per row, a function of (run seed, the row's prompt group, its step, its prompt text)
+    only, so a row draws the same tokens in any batch on any number of processes; None when the env gives no
+    ``group_id`` (the engine's own generator then draws). The prompt text keeps groups of another split (the
+    held-out env counts its groups from 0 too) apart."""
+    groups = tensordict.get("group_id", None)
+    if groups is None:
+        return None
+    n = len(prompts)
+    groups = groups.reshape(n).tolist()
+    steps = tensordict.get("step_count", torch.zeros(n, dtype=torch.long)).reshape(n).tolist()
+    return [zlib.crc32(f"{seed}:{g}:{k}:".encode() + prompt.encode()) for g, k, prompt in zip(groups, steps, prompts)]
 
 
 def generation_log_probs(generation: Generation) -> list[float]:
@@ -67,6 +82,7 @@ class ReasoningPolicy(TensorDictModuleBase):
         max_tokens: int,
         use_chat_template: bool = True,
         model: torch.nn.Module | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.in_keys = ["prompt", "response_token_ids", "num_tokens", "done"]
@@ -76,6 +92,7 @@ class ReasoningPolicy(TensorDictModuleBase):
         self.max_tokens = max_tokens
         self.use_chat_template = use_chat_template and getattr(self.tokenizer, "chat_template", None) is not None
         self.model = model
+        self.seed = seed
         self._prompt_cache: dict[str, list[int]] = {}
 
     def __setattr__(self, name: str, value) -> None:
@@ -119,7 +136,8 @@ class ReasoningPolicy(TensorDictModuleBase):
         # Finished episodes get an empty step (the env ignores it) and cost no generation.
         budget = [0 if done[i] else max(0, self.max_tokens - int(used[i])) for i in range(n)]
         inputs = [self.prompt_ids(prompts[i]) + responses[i] for i in range(n)]
-        generations = self.backend.generate(inputs, budget, stop_at_step=True)
+        seeds = sampling_seeds(tensordict, prompts, self.seed)
+        generations = self.backend.generate(inputs, budget, stop_at_step=True, seeds=seeds)
         ids = [g.token_ids for g in generations]
         dev = tensordict.device
         tensordict.set("step_token_ids", token_ids_stack(ids, dev))
@@ -140,6 +158,7 @@ class ReasoningPolicy(TensorDictModuleBase):
             [self.max_tokens] * len(prompts),
             stop_at_step=False,
             stop_at_answer=stop_at_answer,
+            seeds=sampling_seeds(tensordict, prompts, self.seed),
         )
         return gens
 
@@ -226,5 +245,9 @@ def make_policy(cfg, eos_token_ids: Sequence[int] | None = None, model_name: str
     else:
         backend = TransformersBackend(model, tokenizer, **sampling)
     return ReasoningPolicy(
-        backend, max_tokens=cfg.env.max_tokens, use_chat_template=cfg.env.use_chat_template, model=model
+        backend,
+        max_tokens=cfg.env.max_tokens,
+        use_chat_template=cfg.env.use_chat_template,
+        model=model,
+        seed=cfg.train.seed,
     )

@@ -164,12 +164,15 @@ class VLLMBackend:
         *,
         stop_at_step: bool,
         stop_at_answer: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         """One call of TorchRL's ``vLLMWrapper`` for the rows that have budget left.
 
         The wrapper takes one ``SamplingParams`` per call, so every row is generated with the largest budget
         and a row that runs past its own is cut to it (the tokens before the cut are the same either way), and
-        sampling draws from the engine's seeded generator rather than a seed per request. The finish reason
+        sampling draws from the engine's seeded generator rather than a seed per request: ``seeds`` is not
+        honoured (a run on several processes therefore needs the transformers backend, which the config
+        enforces). The finish reason
         is read from the tokens by the rule the transformers backend stops by: EOS, then the separator, then
         the budget. ``stop_at_answer`` cuts a response after its first step with a ``\\boxed{}`` answer (split
         by :func:`envs.steps.split_token_steps`); vLLM has no stop rule for that, so the engine still generates

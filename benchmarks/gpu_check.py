@@ -10,6 +10,9 @@ Rows (each in its own process, so each peak is its own; a row that fails is repo
   shipped MATH-500 file. Its memory plan is printed beside ``torch.cuda.max_memory_allocated`` of the run and of
   each phase (rollout, update), and the final checkpoint's size and the run's wall time beside it.
 - ``lora``: the same with ``lora.rank=16``.
+- ``torchrun``: the ``single_gpu`` row under ``torchrun --standalone --nproc_per_node 1`` with
+  ``train.parallel=fsdp`` (NCCL, FSDP2 with bf16 all-gathers, sharded DCP checkpoints, the generation copy and
+  its tensor-by-tensor sync): the multi-process path on one device, beside the one-process row.
 - ``trl``: pure-rl against TRL's GRPOTrainer on the same work on that device (``benchmarks/vs_trl.py`` with the
   1.5B-shaped policy, bf16-mixed in both, verifier reward only).
 - ``update``: where the update's seconds go (``benchmarks/update_phases.py`` on the 1.5B-shaped policy, the
@@ -37,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ROWS = ("tiny", "single_gpu", "lora", "trl", "update")
+ROWS = ("tiny", "single_gpu", "lora", "torchrun", "trl", "update")
 # Qwen2.5-Math-1.5B's config.json (the shape; the weights are random).
 QWEN_MATH_1_5B = dict(
     hidden_size=1536,
@@ -120,6 +123,8 @@ def row_config(name: str, policy_dir: Path, prm_dir: Path, device: str, tiny: bo
     ]
     if name == "lora":
         overrides.append("lora.rank=16")
+    if name == "torchrun":
+        overrides.append("train.parallel=fsdp")
     return "configs/single_gpu_qwen1.5b_prm_vr.yaml", overrides
 
 
@@ -167,21 +172,24 @@ def run_training_row(name: str, args) -> dict:
 
     from pure_rl.config import load_config
     from pure_rl.memory_plan import memory_plan
+    from pure_rl.parallel import setup_parallel
     from pure_rl.plots import read_metrics
     from pure_rl.train import train
 
     models = Path(args.out) / "models"
     config, overrides = row_config(name, models / "policy", models / "prm", args.device, args.tiny)
     cfg = load_config(ROOT / config, overrides)
-    plan = memory_plan(cfg, device_gib(args.device))
+    par = setup_parallel(cfg)  # joins torchrun's process group in the torchrun row
+    plan = memory_plan(cfg, device_gib(args.device), world_size=par.world)
     run_dir = Path(args.out) / "runs" / name
     on_cuda = args.device.startswith("cuda")
     phase_times = time_update_phases(args.device)
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    train(cfg, run_dir, overwrite=True)
+    train(cfg, run_dir, overwrite=True, parallel=par)
     wall = time.perf_counter() - t0
+    par.close()
     rows = read_metrics(run_dir / "logs" / "scalars")
     later = rows[1:] or rows  # the first iteration warms kernels and caches up
 
@@ -192,7 +200,10 @@ def run_training_row(name: str, args) -> dict:
     def phase(name):
         return [r[f"peak_gib_{name}"] for r in rows if f"peak_gib_{name}" in r]
 
-    checkpoint = run_dir / "checkpoint.pt"
+    # A sharded run's weights and optimiser are in its newest shard folder beside checkpoint.pt.
+    shard_folders = sorted(run_dir.glob("checkpoint.shards.*"), key=lambda f: int(f.suffix[1:]))
+    files = [run_dir / "checkpoint.pt", *(shard_folders[-1].iterdir() if shard_folders else [])]
+    checkpoint_bytes = sum(f.stat().st_size for f in files if f.is_file())
     device = next(iter(plan.devices))
     return {
         "row": name,
@@ -216,7 +227,7 @@ def run_training_row(name: str, args) -> dict:
         else None,
         "peak_gib_rollout": max(phase("rollout"), default=None),
         "peak_gib_update": max(phase("update"), default=None),
-        "checkpoint_gib": checkpoint.stat().st_size / 2**30 if checkpoint.is_file() else None,
+        "checkpoint_gib": checkpoint_bytes / 2**30 if checkpoint_bytes else None,
     }
 
 
@@ -360,6 +371,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in rows:
         t1 = time.perf_counter()
         cmd = [sys.executable, __file__, "--row", name, "--device", args.device, "--out", str(out)]
+        if name == "torchrun":
+            torchrun = str(Path(sys.executable).with_name("torchrun"))
+            cmd = [torchrun, "--standalone", "--nproc_per_node", "1", *cmd[1:]]
         cmd += ["--tiny"] if args.tiny else []
         log = out / f"row_{name}.log"
         try:

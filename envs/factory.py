@@ -16,7 +16,7 @@ from envs.datasets import ANSWER_PARSERS, PRESETS, DatasetError, FieldMap, check
 from envs.prm import LAYOUTS, HFTokenClassificationPRM, ProcessRewardModel
 from envs.reasoning_env import ReasoningStepEnv
 from envs.rule_prm import ArithmeticRulePRM
-from envs.tasks import ArithmeticTask, CopyNumberTask, ProblemSource
+from envs.tasks import ArithmeticTask, CopyNumberTask, ProblemSource, ProblemStream
 from envs.verifier import MathVerifier
 from pure_rl.registry import get, opt, register
 
@@ -206,6 +206,7 @@ def make_env(
     *,
     source: ProblemSource | None = None,
     verifier=None,
+    shard: tuple[int, int] = (0, 1),
 ):
     """A :class:`ReasoningStepEnv` built from the run config.
 
@@ -220,6 +221,8 @@ def make_env(
         group_size: samples per problem (default: ``train.samples_per_prompt`` for train, 1 for eval).
         source: a problem source built by hand; default the configured task's.
         verifier: a verifier built by hand; default the configured one.
+        shard: ``(rank, world)`` of a run on several processes: this rank's share of the batch (whole groups),
+            drawn from the one global question order (:class:`envs.tasks.ProblemStream`).
     """
     if split == "train":
         group = cfg.train.samples_per_prompt
@@ -244,8 +247,17 @@ def make_env(
             f"env.reward_mode={cfg.env.reward_mode} uses the verifier, but no problem of the {split} set has a "
             "reference answer: set env.reward_mode=prm, or give the rows an answer field"
         )
+    world = shard[1]
+    if world > 1:
+        if size % (group * world):
+            what = "train.prompts_per_iter" if split == "train" else "train.eval_prompts (or the held-out set's size)"
+            raise ValueError(
+                f"{what}: {size // group} prompts do not split into {world} equal shares of whole groups (one per "
+                f"process); make it a multiple of {world}"
+            )
+        size //= world
     return ReasoningStepEnv(
-        source,
+        ProblemStream(source, seed=seed, shard=shard),
         prm if prm is not None else make_prm(cfg),
         verifier if verifier is not None else make_verifier(cfg),
         batch_size=size,

@@ -226,15 +226,13 @@ class ReasoningStepEnv(EnvBase):
                 f"a partial reset must cover whole groups of {self.group_size} episodes (the samples of one prompt)"
             )
         reset_groups = groups.all(-1).nonzero().flatten().tolist()
-        first_position = self.stream.position
-        for g, problem in zip(reset_groups, self.stream.next(len(reset_groups))):
+        for g, (position, problem) in zip(reset_groups, self.stream.next_indexed(len(reset_groups))):
             for i in range(g * self.group_size, (g + 1) * self.group_size):
                 self.problems[i] = problem
                 self.steps[i] = []
                 self.step_ids[i] = []
                 self.planned[i] = None
-            self.group_ids[g * self.group_size : (g + 1) * self.group_size] = first_position
-            first_position += 1
+            self.group_ids[g * self.group_size : (g + 1) * self.group_size] = position
         self.step_count[mask] = 0
         self.num_tokens[mask] = 0
         self.finished[mask] = False

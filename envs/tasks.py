@@ -36,12 +36,19 @@ class ProblemStream:
     """Draws problems from a source in a seeded order, one epoch after another; its position is one int.
 
     Finite sources are shuffled per epoch with ``seed``; the arithmetic generator is already seeded by index.
+    ``shard=(rank, world)``: one of ``world`` processes drawing one global order together; each draw of ``n`` takes
+    ``n`` problems for every rank, rank ``r`` the ``r``-th block, so the ranks together see what one process
+    drawing ``n * world`` would (``position`` counts global problems).
     """
 
-    def __init__(self, source: ProblemSource, seed: int = 0, shuffle: bool = True):
+    def __init__(self, source: ProblemSource, seed: int = 0, shuffle: bool = True, shard: tuple[int, int] = (0, 1)):
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
         self.source = source
         self.seed = seed
         self.shuffle = shuffle
+        self.shard = shard
         self.position = 0
         self._order_epoch = -1
         self._order: list[int] = []
@@ -61,9 +68,15 @@ class ProblemStream:
         return self._order[offset]
 
     def next(self, n: int) -> list[Problem]:
-        """The next ``n`` problems."""
-        out = [self.source.problem(self._index(self.position + i)) for i in range(n)]
-        self.position += n
+        """The next ``n`` problems (of this shard)."""
+        return [problem for _, problem in self.next_indexed(n)]
+
+    def next_indexed(self, n: int) -> list[tuple[int, Problem]]:
+        """The next ``n`` problems of this shard with their global positions (ids that no rank count changes)."""
+        rank, world = self.shard
+        start = self.position + rank * n
+        out = [(start + i, self.source.problem(self._index(start + i))) for i in range(n)]
+        self.position += n * world
         return out
 
     def state_dict(self) -> dict:

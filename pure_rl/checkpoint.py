@@ -12,6 +12,12 @@ Guarantees:
 - **Atomic.** A checkpoint is written to a temporary file, synced, then renamed, and the previous one is kept,
   so a run killed while saving, or a write that fails (a full disk), always leaves a loadable checkpoint (a kill
   between the renames that rotate the previous pair included: a file matching either record is accepted).
+- **Sharded runs** (``train.parallel``): every rank writes its shards of the model and optimiser with
+  ``torch.distributed.checkpoint`` into ``checkpoint.shards.<iteration>/``, then rank 0 writes ``checkpoint.pt``
+  (the rest) and a record that holds every shard file's digest; a shard folder no record names is never loaded
+  (and is removed at the next save), a damaged one counts as a damaged checkpoint (the previous one is used).
+  Unlike ``checkpoint.pt``, DCP's ``.metadata`` file is a pickle (torch's format, no ``weights_only`` mode):
+  the digests catch damage, not someone who rewrites the record too; resume sharded runs from folders you trust.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -92,19 +99,26 @@ def save_checkpoint(
     config: dict | None = None,
     critic=None,
     extra: dict | None = None,
+    shards: str | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoint.pt`` (and its ``checkpoint.json``) atomically, keeping the previous pair as
     ``checkpoint.prev.*``; ``iteration`` is the number of finished iterations, ``model_state`` the policy's
     trained weights (all of them, or a LoRA model's adapters), ``config`` the run config as plain data,
     ``critic`` the estimator's learned critic if it has one. A failed write raises :class:`CheckpointError`
-    and leaves the last good checkpoint in place."""
+    and leaves the last good checkpoint in place.
+
+    ``shards``: a sharded run's model and optimiser are in that folder of ``run_dir`` (written by every rank with
+    ``torch.distributed.checkpoint``: :meth:`pure_rl.parallel.Parallel.save_sharded`); ``model_state`` and
+    ``optimizer`` are then None, and the record holds each shard file's digest. Shard folders that neither the new
+    nor the previous record names are removed."""
     run_dir = Path(run_dir)
     path, previous = run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_NAME
     payload = {
         "format": FORMAT,
         "iteration": iteration,
-        "model": model_state,
-        "optimizer": optimizer.state_dict(),
+        "model": model_state if model_state is not None else {},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        **({"shards": shards} if shards else {}),
         "env": env_state,
         "rng": rng,
         "config": config or {},
@@ -123,6 +137,7 @@ def save_checkpoint(
             "sha256": _sha256(tmp),
             "bytes": tmp.stat().st_size,
             "config": config or {},
+            **({"shards": {"folder": shards, "sha256": _folder_digests(run_dir / shards)}} if shards else {}),
         }
         meta_tmp = _meta_path(tmp)
         meta_tmp.write_text(json.dumps(meta))
@@ -132,6 +147,7 @@ def save_checkpoint(
             os.replace(_meta_path(path), _meta_path(previous))
         os.replace(tmp, path)
         os.replace(meta_tmp, _meta_path(path))
+        _remove_unrecorded_shards(run_dir)
     except OSError as e:
         for leftover in (tmp, _meta_path(tmp)):
             leftover.unlink(missing_ok=True)
@@ -140,6 +156,44 @@ def save_checkpoint(
             "checkpoint is kept"
         ) from e
     return path
+
+
+def _folder_digests(folder: Path) -> dict[str, str]:
+    return {f.name: _sha256(f) for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+def _recorded_shards(record: Path) -> str | None:
+    try:
+        return json.loads(record.read_text())["shards"]["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_unrecorded_shards(run_dir: Path) -> None:
+    keep = {_recorded_shards(_meta_path(run_dir / name)) for name in (CHECKPOINT_NAME, PREVIOUS_NAME)}
+    for folder in run_dir.glob("checkpoint.shards.*"):
+        if folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _shards_problem(path: Path, records: list[Path]) -> str | None:
+    """None if the shard folder a record of ``path`` names is whole (every file's digest as recorded, none
+    missing or added), else what is wrong; None too for an unsharded checkpoint."""
+    for record in records:
+        try:
+            shards = json.loads(record.read_text()).get("shards")
+        except (OSError, ValueError):
+            continue
+        if not shards:
+            continue
+        folder = path.parent / shards["folder"]
+        if not folder.is_dir():
+            return f"its shard folder {folder} does not exist"
+        have = _folder_digests(folder)
+        if have != shards["sha256"]:
+            bad = sorted(k for k in have.keys() | shards["sha256"].keys() if have.get(k) != shards["sha256"].get(k))
+            return f"its shard folder {folder} is damaged or incomplete ({', '.join(bad[:3])} differ from the record)"
+    return None
 
 
 def _sha256(path: Path) -> str:
@@ -173,7 +227,8 @@ def _verified(path: Path, other_record: Path | None = None) -> str | None:
         return f"{records[0]} is not a checkpoint record"
     digest = _sha256(path)
     if digest in expected:
-        return None
+        problem = _shards_problem(path, [r for r, e in zip(records, expected) if e == digest])
+        return None if problem is None else f"{path}: {problem}"
     first = next(e for e in expected if e is not None)
     return f"{path} is damaged: its SHA-256 {digest[:12]}... does not match {first[:12]}... in {records[0].name}"
 

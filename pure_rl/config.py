@@ -168,7 +168,8 @@ class PolicyConfig:
     )
     engine_dtype: str = opt(
         "auto",
-        "vllm: the generation engine's dtype, apart from the trained weights' (policy.dtype): auto is bfloat16 on a "
+        "vllm (and the generation copy of a run on several processes): the generation engine's dtype, apart from the "
+        "trained weights' (policy.dtype): auto is bfloat16 on a "
         "CUDA device and policy.dtype elsewhere (bf16 ran ~5x slower than fp32 on the CPUs here). The weight sync "
         "casts as it copies. A 16-bit engine samples from slightly different probabilities than the trainer "
         "computes: algo.engine_is_correction corrects the loss for it",
@@ -484,6 +485,15 @@ class TrainConfig:
         allowed=">= 0",
     )
     max_grad_norm: float = opt(1.0, "gradient norm clip", check=positive, allowed="> 0")
+    parallel: str = opt(
+        "none",
+        "several processes (torchrun, gloo on CPU, NCCL on CUDA; a plain start is one process of them): 'fsdp' "
+        "shards parameters, gradients and optimiser state with FSDP2 (fully_shard per decoder layer, then the "
+        "model), 'ddp' replicates them (FSDP2 over a replicate-only mesh). Each rank rolls out whole prompt groups "
+        "of the global batch (train.prompts_per_iter is global) and the run does not depend on the number of "
+        "ranks (pure_rl.parallel). 'none': one process, one device",
+        choices=("none", "fsdp", "ddp"),
+    )
     seed: int = opt(0, "random seed", check=non_negative, allowed=">= 0")
     checkpoint_every: int = opt(10, "iterations between checkpoints", check=positive, allowed="> 0")
     eval_every: int = opt(
@@ -616,7 +626,13 @@ def shared_prompt_pass(cfg: RunConfig) -> bool:
     value = cfg.train.shared_prompt_pass
     if value != "auto":
         return bool(value)
-    return not cfg.train.gradient_checkpointing and not str(cfg.policy.device).startswith("cuda")
+    # Under FSDP every rank must run the same number of forward passes; the shared prompt pass makes one per group
+    # of a micro-batch, which depends on how the rows fall, so several processes take whole sequences.
+    return (
+        not cfg.train.gradient_checkpointing
+        and not str(cfg.policy.device).startswith("cuda")
+        and cfg.train.parallel == "none"
+    )
 
 
 # Kinds whose selecting key is not the kind's own name.
@@ -661,11 +677,38 @@ def _cross_checks(cfg: RunConfig) -> None:
             f"train.prompts_per_iter x train.samples_per_prompt): every step would take the whole batch; set it "
             f"to at most {rollouts} (0: the whole batch)"
         )
+    if cfg.train.parallel != "none":
+        _parallel_checks(cfg)
     baseline = registry.entry("baseline", cfg.algo.baseline)
     if baseline.meta.get("needs_group") and cfg.train.samples_per_prompt < 2:
         raise ConfigError(
             f"train.samples_per_prompt={cfg.train.samples_per_prompt}: baseline {cfg.algo.baseline!r} compares "
             "samples of one prompt, so it needs >= 2; raise it or set algo.baseline=none"
+        )
+
+
+def _parallel_checks(cfg: RunConfig) -> None:
+    """What ``train.parallel`` needs of the rest of the config (the world size is checked when the run starts)."""
+    where = f"train.parallel={cfg.train.parallel}"
+    if cfg.policy.backend != "transformers":
+        raise ConfigError(
+            f"{where} generates with the transformers backend only: the vLLM engine's sharded weight sync is not "
+            "built yet; set policy.backend=transformers, or train.parallel=none for vLLM on one device"
+        )
+    if cfg.train.shared_prompt_pass is True:
+        raise ConfigError(
+            f"{where} needs train.shared_prompt_pass=false or auto: its one pass per group would give ranks "
+            "different numbers of FSDP forward passes (a hang)"
+        )
+    if cfg.train.precision == "fp16-mixed":
+        raise ConfigError(
+            f"{where} with train.precision=fp16-mixed: fp16's loss scaling is not built for sharded gradients; use "
+            "bf16-mixed (FSDP's MixedPrecisionPolicy: bf16 compute, fp32 master weights and gradient reduction)"
+        )
+    if cfg.algo.group_filter != "none":
+        raise ConfigError(
+            f"{where} with algo.group_filter={cfg.algo.group_filter} is not built: refilling the batch would need "
+            "every rank to agree on each extra rollout; set algo.group_filter=none"
         )
 
 

@@ -2,9 +2,9 @@
 
 Writes a Hugging Face model folder (``config.json``, ``model.safetensors``, the tokenizer, and ``export.json``
 naming the run and iteration) that ``transformers`` and vLLM load as any model. The weights are the run's last
-good checkpoint (a LoRA run's adapters merged into its base model); the dtype is the run's training dtype (its
-compute dtype under mixed precision), or ``--dtype`` (``float32``: the fp32 master weights of a mixed-precision
-run).
+good checkpoint (a LoRA run's adapters merged into its base model; a run on several processes gathered from its
+shards on this one process); the dtype is the run's training dtype (its compute dtype under mixed precision), or
+``--dtype`` (``float32``: the fp32 master weights of a mixed-precision run).
 """
 
 from __future__ import annotations
@@ -51,8 +51,13 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str | None = None) -
 
         lora = cfg.lora
         peft_model = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
-        load_adapter_state(peft_model, ckpt["model"])
+        if "shards" in ckpt:
+            _load_shards(peft_model, run_dir / ckpt["shards"])
+        else:
+            load_adapter_state(peft_model, ckpt["model"])
         model = peft_model.merge_and_unload()  # adapters merged: a plain model of the base architecture
+    elif "shards" in ckpt:
+        _load_shards(model, run_dir / ckpt["shards"])
     else:
         model.load_state_dict(ckpt["model"])
     model = model.to(getattr(torch, dtype))
@@ -63,6 +68,16 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str | None = None) -
         json.dumps({"run_dir": str(run_dir.resolve()), "iteration": ckpt["iteration"], "dtype": dtype}, indent=2)
     )
     return out
+
+
+def _load_shards(model, folder: Path) -> None:
+    """The trained tensors of a run on several processes (its ``torch.distributed.checkpoint`` shards, which hold
+    what trains: every weight, or the LoRA adapters) gathered into ``model`` on this one process."""
+    import torch.distributed.checkpoint as dcp
+
+    # DCP loads into the given tensors in place: the parameters themselves (detached views of their storage).
+    trained = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    dcp.load({"model": trained}, checkpoint_id=folder, no_dist=True)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -19,7 +19,6 @@ template's length.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -230,8 +229,9 @@ def _host_bytes() -> int | None:
         return None
 
 
-def storage_plan(cfg, run_dir: str | Path, arch: Architecture) -> list[Storage]:
-    """The run folder's disk, ``/dev/shm`` (vLLM) and host RAM the run needs, against what this machine has."""
+def storage_plan(cfg, run_dir: str | Path, arch: Architecture, processes_per_host: int = 1) -> list[Storage]:
+    """The run folder's disk, ``/dev/shm`` (vLLM) and host RAM the run needs, against what this machine has
+    (``processes_per_host``: ranks on this machine, each loading the policy on the host before sharding it)."""
     run_dir = Path(run_dir)
     one = checkpoint_bytes(cfg, arch)
     # Checkpoint files already in the folder are replaced as the run saves (a resume): they count as free.
@@ -258,11 +258,12 @@ def storage_plan(cfg, run_dir: str | Path, arch: Architecture) -> list[Storage]:
                 "a larger /dev/shm (docker run --shm-size), or policy.backend=transformers",
             )
         )
+    loaders = f"{processes_per_host} processes, each" if processes_per_host > 1 else "the policy"
     out.append(
         Storage(
             "host RAM",
-            "the policy loaded on the host before it moves to its device",
-            arch.parameters() * param_bytes,
+            f"{loaders} loaded on the host before it moves to its device",
+            processes_per_host * arch.parameters() * param_bytes,
             _host_bytes(),
             "a machine with more memory",
         )
@@ -270,12 +271,21 @@ def storage_plan(cfg, run_dir: str | Path, arch: Architecture) -> list[Storage]:
     return out
 
 
-def memory_plan(cfg, device_memory_gib: float | None = None, run_dir: str | Path | None = None) -> MemoryPlan:
+def memory_plan(
+    cfg, device_memory_gib: float | None = None, run_dir: str | Path | None = None, world_size: int = 1
+) -> MemoryPlan:
     """The plan of ``cfg`` for devices of ``device_memory_gib`` GiB each (None: report only) and for its run folder
-    ``run_dir`` (default: ``log.run_dir``)."""
+    ``run_dir`` (default: ``log.run_dir``), per device of a run on ``world_size`` processes (one per device): with
+    FSDP (``train.parallel=fsdp``, or any ``world_size > 1`` when the config says none) the weights, gradients,
+    AdamW state and KL reference are sharded ``world_size`` ways, plus the all-gathered layers FSDP holds; each
+    rank rolls out its share of the batch, and generates from a full copy of the policy (the transformers
+    backend) or its vLLM engine."""
     pc, tc = cfg.policy, cfg.train
     arch = architecture(pc.model)
     n = arch.parameters()
+    world = max(1, world_size)
+    ranks = world if world > 1 and tc.parallel != "ddp" else 1  # how many ways the training state is split
+    per_rank = f", 1/{ranks} per rank" if ranks > 1 else ""
     mixed = tc.precision != "fp32"
     param_bytes = _BYTES[pc.dtype]
     compute_bytes = 2 if mixed else param_bytes
@@ -284,17 +294,28 @@ def memory_plan(cfg, device_memory_gib: float | None = None, run_dir: str | Path
     add = lambda dev, name, b: parts.setdefault(dev, []).append((name, int(b)))  # noqa: E731
 
     weights = "policy weights (fp32 masters)" if mixed else f"policy weights ({pc.dtype})"
-    add(device, f"{weights}, {n / 1e9:.2f}B parameters", n * param_bytes)
-    if mixed:
+    add(device, f"{weights}, {n / 1e9:.2f}B parameters{per_rank}", n * param_bytes / ranks)
+    if ranks > 1:
+        # FSDP2 all-gathers a layer's full parameters for its forward and backward (the next one prefetched), and
+        # the root module (embeddings, head, final norm) stays unsharded from the forward to the backward.
+        embed = arch.vocab * arch.hidden * (1 if arch.tied else 2)
+        layer = (n - embed - arch.hidden) / arch.layers
+        gathered = f"FSDP all-gathered ({'16-bit' if mixed else pc.dtype}): 2 decoder layers, the embeddings and head"
+        add(device, gathered, (2 * layer + embed) * compute_bytes)
+    if mixed and ranks == 1:  # FSDP gathers 16-bit parameters instead (MixedPrecisionPolicy)
         add(device, "autocast compute copy of the weights (16-bit)", n * 2)
     lora = cfg.lora.rank > 0
     trained = arch.lora_parameters(cfg.lora.rank, cfg.lora.target_modules) if lora else n
     if lora:
         add(device, f"LoRA adapters, rank {cfg.lora.rank}: {trained / 1e6:.1f}M parameters", trained * param_bytes)
-    add(device, "gradients" + (" (adapters)" if lora else ""), trained * param_bytes)
-    add(device, "AdamW state (2 moments)" + (" (adapters)" if lora else ""), 2 * trained * param_bytes)
+    add(device, "gradients" + (" (adapters)" if lora else "") + per_rank, trained * param_bytes / ranks)
+    add(
+        device,
+        "AdamW state (2 moments)" + (" (adapters)" if lora else "") + per_rank,
+        2 * trained * param_bytes / ranks,
+    )
     if cfg.algo.kl_coef > 0 and not lora:  # with LoRA the reference is the base model, adapters off
-        add(device, "KL reference policy", n * compute_bytes)
+        add(device, "KL reference policy" + per_rank, n * compute_bytes / ranks)
     if cfg.env.reward_mode != "vr" and cfg.env.prm == "hf":
         prm = architecture(cfg.env.prm_model, token_classification=True)
         add(_device(cfg.env.prm_device), f"PRM ({prm.parameters() / 1e9:.2f}B, {cfg.env.prm_dtype})",
@@ -302,7 +323,7 @@ def memory_plan(cfg, device_memory_gib: float | None = None, run_dir: str | Path
 
     prompt_tokens = len(cfg.env.prompt_template) // 4 + 64
     seq = prompt_tokens + cfg.env.max_tokens
-    rows = tc.prompts_per_iter * tc.samples_per_prompt
+    rows = tc.prompts_per_iter * tc.samples_per_prompt // world  # each rank rolls out its share
     on_gpu = device != "cpu"
     if pc.backend == "vllm":
         from agents.policy import engine_dtype
@@ -319,6 +340,10 @@ def memory_plan(cfg, device_memory_gib: float | None = None, run_dir: str | Path
         largest = max(arch.vocab * arch.hidden, arch.hidden * arch.intermediate)
         add(device, f"weight sync: one tensor at a time ({engine}, the largest)", largest * engine_bytes)
     else:
+        if world > 1:  # a sharded module's forward is a collective: ranks generate from a full copy
+            from agents.policy import engine_dtype
+
+            add(device, f"generation copy of the policy ({engine_dtype(pc)})", n * _BYTES[engine_dtype(pc)])
         add(device, f"generation KV cache ({rows} sequences x {seq} tokens)",
             rows * seq * arch.layers * 2 * arch.kv_dim * param_bytes)  # fmt: skip
     tokens = tc.micro_batch_size * seq
@@ -352,8 +377,27 @@ def memory_plan(cfg, device_memory_gib: float | None = None, run_dir: str | Path
         saved = n * param_bytes * 3 + (n * compute_bytes if cfg.algo.kl_coef > 0 else 0)
         levers.append(f"lora.rank=16 (gradients and AdamW state of the adapters only, no reference copy: saves about "
                       f"{saved / GIB:.1f} GiB)")  # fmt: skip
-    shards = max(2, math.ceil(sum(b for _, b in parts[device]) / budget)) if budget else 2
-    levers.append(f"more GPUs: {shards}+ with FSDP shard weights, gradients and AdamW state (planned)")
+    if budget and not lora:
+        fits_on = next(
+            (w for w in (2, 4, 8, 16, 32, 64) if w > world and _sharded_total(cfg, w, device_memory_gib) <= budget),
+            None,
+        )
+        if fits_on:
+            levers.append(
+                f"{fits_on} GPUs with FSDP: torchrun --nproc_per_node {fits_on} -m pure_rl.train ... "
+                f"train.parallel=fsdp (plan it with --world-size {fits_on})"
+            )
     notes = [f"prompt length estimated at {prompt_tokens} tokens from env.prompt_template"]
+    if world > 1:
+        notes.append(
+            f"{world} processes, one per device ({tc.parallel if tc.parallel != 'none' else 'fsdp'}); each loads the "
+            "policy on the host before sharding it"
+        )
     run_dir = run_dir if run_dir is not None else cfg.log.run_dir.format(name=cfg.log.name)
-    return MemoryPlan(parts, budget, levers, notes, storage_plan(cfg, run_dir, arch))
+    return MemoryPlan(parts, budget, levers, notes, storage_plan(cfg, run_dir, arch, min(world, 8)))
+
+
+def _sharded_total(cfg, world: int, device_memory_gib: float) -> int:
+    """Bytes on the fullest device of ``cfg`` under FSDP over ``world`` devices of ``device_memory_gib``."""
+    plan = memory_plan(cfg, device_memory_gib, "/", world_size=world)
+    return max(plan.total(d) for d in plan.devices)

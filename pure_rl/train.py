@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import random
 import signal
 import sys
@@ -54,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="GIB",
         help="with --dry-run: print the memory plan for devices of this many GiB (exit 3 when it does not fit)",
+    )
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --dry-run --device-memory: plan each of N devices of a torchrun job (FSDP unless parallel=ddp)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="a new run into a folder that holds a run deletes that run first"
@@ -125,30 +131,33 @@ def main(argv: list[str] | None = None) -> dict:
         if args.device_memory is not None:
             from pure_rl.memory_plan import memory_plan
 
-            plan = memory_plan(cfg, args.device_memory, run_dir)
+            plan = memory_plan(cfg, args.device_memory, run_dir, world_size=args.world_size or 1)
             print("\n".join(plan.lines()))
             if not plan.fits:
                 sys.exit(3)
         return {}
-    if args.device_memory is not None:
-        sys.exit("config error: --device-memory goes with --dry-run (a run reads its devices' memory itself)")
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world != "1":
-        # Each process would run the whole job on its own and race the others for the run folder.
+    if args.device_memory is not None or args.world_size is not None:
         sys.exit(
-            f"error: started as one of {world} processes (WORLD_SIZE={world}, torchrun or a launcher), but "
-            "pure_rl.train trains on one process and one device: multi-process training (FSDP/DDP) is not built "
-            "yet. Start it once, without torchrun (python -m pure_rl.train ...)"
+            "config error: --device-memory and --world-size go with --dry-run (a run reads its devices' memory and "
+            "its number of processes itself)"
         )
+    from pure_rl.parallel import setup_parallel
+
     try:
-        with RunLock(run_dir):
-            if args.resume:
+        par = setup_parallel(cfg)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    try:
+        with par.main_only(RunLock(run_dir)):
+            if args.resume and par.is_main:
                 # Under the lock: re-check, since another process may have resumed meanwhile.
                 cfg, changes = resume_config(run_dir, args.overrides, args.allow_changes)
                 record_changes(run_dir, cfg, changes)
-            return train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
-    except (RunDirError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+            return train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, parallel=par)
+    except (RunDirError, CheckpointError, ConfigError) as e:
+        sys.exit(f"error{par.rank_label}: {e}")
+    finally:
+        par.close()
 
 
 def train(
@@ -161,23 +170,33 @@ def train(
     prm=None,
     verifier=None,
     overwrite: bool = False,
+    parallel=None,
 ) -> dict:
     """Train per ``cfg`` into ``run_dir`` (``resume``: continue from its checkpoint); returns the summary.
 
     Objects built by hand replace the configured ones: ``env`` (a ``ReasoningStepEnv``, or any env with its
     keys and batch layout), ``eval_env``, or just its ``prm`` / ``verifier`` inside the configured env. A new run
     refuses a folder that holds a run unless ``overwrite``; the folder is locked while the run trains
-    (:mod:`pure_rl.run_dir`).
+    (:mod:`pure_rl.run_dir`). ``parallel``: this process's place in a run on several
+    (:func:`pure_rl.parallel.setup_parallel`; by default made here from ``train.parallel`` and closed at the end).
     """
-    refuse_if_it_cannot_fit(cfg, run_dir)
-    with RunLock(run_dir):
-        if not resume:
-            claim_new_run(run_dir, overwrite)
-            save_config(cfg, run_dir / "config.yaml")
-        return _train(cfg, run_dir, resume, env=env, eval_env=eval_env, prm=prm, verifier=verifier)
+    from pure_rl.parallel import setup_parallel
+
+    par = parallel or setup_parallel(cfg)
+    try:
+        refuse_if_it_cannot_fit(cfg, run_dir, par.world)
+        with par.main_only(RunLock(run_dir)):
+            if not resume and par.is_main:
+                claim_new_run(run_dir, overwrite)
+                save_config(cfg, run_dir / "config.yaml")
+            par.barrier()  # the folder is claimed before any rank writes into it
+            return _train(cfg, run_dir, resume, par, env=env, eval_env=eval_env, prm=prm, verifier=verifier)
+    finally:
+        if parallel is None:
+            par.close()
 
 
-def refuse_if_it_cannot_fit(cfg: RunConfig, run_dir: Path) -> None:
+def refuse_if_it_cannot_fit(cfg: RunConfig, run_dir: Path, world_size: int = 1) -> None:
     """Stop before any model loads when the memory plan does not fit: a CUDA device's memory, or anywhere the run
     folder's disk (three checkpoints at a save), ``/dev/shm`` (the vLLM sync) or host RAM."""
     from pure_rl.memory_plan import memory_plan
@@ -186,18 +205,19 @@ def refuse_if_it_cannot_fit(cfg: RunConfig, run_dir: Path) -> None:
     total = None
     if device.type == "cuda" and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(device.index or 0).total_memory / 2**30
-    plan = memory_plan(cfg, total, run_dir)
+    plan = memory_plan(cfg, total, run_dir, world_size=world_size)
     if not plan.fits:
         print("\n".join(plan.lines()))
         sys.exit(3)
 
 
-def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, verifier) -> dict:
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, prm, verifier) -> dict:
     # Heavy imports after the config is validated: a typo never waits for torch models to load.
     from tqdm import tqdm
 
     from agents import make_policy, make_reference_model
     from agents.lora import AdaptersDisabled, adapter_state, apply_lora, load_adapter_state
+    from agents.policy import engine_dtype
     from envs import make_env
     from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
     from pure_rl.group_filter import fill_batch
@@ -229,14 +249,16 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     # RL starts from the warmed-up model when cfg.warmup asks for one (cached after the first run); the
     # reference policy of the KL term is that same starting point. Seeding comes after it, so a run that
     # builds the warm-up and one that finds it cached draw the same random numbers.
-    start_model = warmed_up_model(cfg)
+    start_model = par.main_first(warmed_up_model, cfg)  # rank 0 builds a missing warm-up; the rest find it cached
+    record_cfg, cfg = cfg, par.on_this_rank(cfg)  # checkpoints record the config as given (device "cuda", not "cuda:3")
     seed_everything(cfg.train.seed)
 
     # --- environment, policy, loss, optimiser -------------------------------------------------------------
+    shard = (par.rank, par.world)  # this rank's groups of each global batch
     if env is None:
-        env = make_env(cfg, prm=prm, verifier=verifier)
+        env = make_env(cfg, prm=prm, verifier=verifier, shard=shard)
     if eval_env is None and cfg.train.eval_every:
-        eval_env = make_env(cfg, split="eval", prm=env.prm, verifier=env.verifier)
+        eval_env = make_env(cfg, split="eval", prm=env.prm, verifier=env.verifier, shard=shard)
     sampled_eval_env = None
     if eval_env is not None and cfg.train.eval_samples:
         n = cfg.train.eval_samples
@@ -247,6 +269,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             group_size=n,
             prm=env.prm,
             verifier=env.verifier,
+            shard=shard,
         )
     for warning in precision_warnings(cfg):
         print(f"warning: {warning}")
@@ -260,6 +283,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         model = policy.model = apply_lora(
             model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules
         )
+    if par.enabled:
+        # Generation runs on a full copy (a sharded forward is a collective, and ranks generate different numbers
+        # of tokens); the weight sync fills it from the shards tensor by tensor.
+        policy.backend.model = par.generation_copy(model, getattr(torch, engine_dtype(cfg.policy)))
     if cfg.algo.kl_coef == 0:
         reference = None
     elif lora:
@@ -270,6 +297,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         reference = make_reference_model(
             start_model, dtype=compute_dtype(cfg) or getattr(torch, cfg.policy.dtype), device=cfg.policy.device
         )
+        if cfg.train.parallel == "fsdp":  # already in the compute dtype: sharded as it is
+            reference = par.shard(reference)
+    par.shard(model.get_base_model() if lora else model, compute_dtype(cfg))  # FSDP2 in place (train.parallel)
     loss_module = StepTokenPPOLoss(
         model,
         clip_epsilon=cfg.algo.clip_epsilon,
@@ -288,6 +318,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         ),
     )
     estimator = make_estimator(loss_module, cfg)
+    if par.enabled and loss_module.critic is not None:
+        raise ConfigError(
+            f"train.parallel={cfg.train.parallel} with algo.estimator={cfg.algo.estimator}: its learned critic is not "
+            "sharded yet; choose an estimator without a critic, or train.parallel=none"
+        )
     optimizer = torch.optim.AdamW(
         trainable_parameters(loss_module), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
@@ -296,18 +331,27 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     sampler = getattr(policy.backend, "generator", None)
 
     # --- logging and resume -------------------------------------------------------------------------------
-    loggers = make_loggers(cfg, run_dir)
+    loggers = par.main_only_loggers(make_loggers, cfg, run_dir)
     scalars_dir = run_dir / "logs" / "scalars"
     start = 0
     if resume:
-        ckpt = load_checkpoint(run_dir)
-        if lora:
+        ckpt = par.broadcast(load_checkpoint(run_dir) if par.is_main else None)  # rank 0 checks the digests
+        if par.enabled != ("shards" in ckpt):
+            raise CheckpointError(
+                f"{run_dir}'s checkpoint was written by a run with "
+                f"{'several processes' if 'shards' in ckpt else 'train.parallel=none'}: resume it the same way "
+                "(python -m pure_rl.export turns either into a model folder)"
+            )
+        if par.enabled:
+            par.load_sharded(run_dir / ckpt["shards"], model, optimizer)
+        elif lora:
             load_adapter_state(model, ckpt["model"])
         else:
             model.load_state_dict(ckpt["model"])
         if loss_module.critic is not None:
             loss_module.critic.load_state_dict(ckpt["critic"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if not par.enabled:
+            optimizer.load_state_dict(ckpt["optimizer"])
         restore_lr_scheduler(scheduler, ckpt["extra"]["scheduler"])
         if scaler is not None:
             scaler.load_state_dict(ckpt["extra"]["scaler"])
@@ -316,9 +360,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             eval_env.load_state_dict(ckpt["env"]["eval"])
         set_rng_state(ckpt["rng"], sampler)
         start = ckpt["iteration"]
-        truncate_metrics(scalars_dir, start)  # rows after the checkpoint are logged again
+        if par.is_main:
+            truncate_metrics(scalars_dir, start)  # rows after the checkpoint are logged again
         policy.sync_weights()
-        print(f"resumed {run_dir} after iteration {start}")
+        par.print(f"resumed {run_dir} after iteration {start}")
 
     # A TorchRL collector: one grouped batch of fresh episodes per step of its iterator (built after a resume, at
     # the restored data position).
@@ -329,20 +374,25 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         envs_state = {"train": env.state_dict()}
         if eval_env is not None:
             envs_state["eval"] = eval_env.state_dict()
-        save_checkpoint(
-            run_dir,
-            iteration=done_iterations,
-            model_state=adapter_state(model) if lora else model.state_dict(),
-            optimizer=optimizer,
-            env_state=envs_state,
-            rng=rng_state(sampler),
-            config=flat_config(cfg),
-            critic=loss_module.critic,
-            extra={
-                "scheduler": scheduler.state_dict(),
-                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
-            },
-        )
+        # Several processes: every rank writes its shards, then rank 0 the rest and the record naming them.
+        shards = par.save_sharded(run_dir, done_iterations, model, optimizer) if par.enabled else None
+        if par.is_main:
+            save_checkpoint(
+                run_dir,
+                iteration=done_iterations,
+                model_state=None if shards else adapter_state(model) if lora else model.state_dict(),
+                optimizer=None if shards else optimizer,
+                env_state=envs_state,
+                rng=rng_state(sampler),
+                config=flat_config(record_cfg),
+                critic=loss_module.critic,
+                extra={
+                    "scheduler": scheduler.state_dict(),
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+                },
+                shards=shards,
+            )
+        par.barrier()  # no rank goes on (or exits) before the checkpoint is whole
 
     stop = {"requested": False}
 
@@ -358,19 +408,24 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
     previous_handlers = {sig: signal.signal(sig, on_interrupt) for sig in handled}
 
-    print(
+    par.print(
         f"setup {time.perf_counter() - t_setup:.1f}s: {start_model} ({cfg.policy.backend}), "
-        f"{cfg.algo.estimator} credit, {cfg.env.reward_mode}, {env.batch_size[0]} episodes per iteration "
-        f"({cfg.train.prompts_per_iter} prompts x {cfg.train.samples_per_prompt}) -> {run_dir}"
+        f"{cfg.algo.estimator} credit, {cfg.env.reward_mode}, {env.batch_size[0] * par.world} episodes per iteration "
+        f"({cfg.train.prompts_per_iter} prompts x {cfg.train.samples_per_prompt}{par.describe()}) -> {run_dir}"
     )
     history: list[dict] = []
     separators: list[int] = []  # the probe's separator tokens, found once
     progress = tqdm(
-        range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations, desc="train", dynamic_ncols=True
+        range(start, cfg.train.iterations),
+        initial=start,
+        total=cfg.train.iterations,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not par.is_main,
     )
     if eval_env is not None and cfg.train.eval_at_start and start == 0:
         # Before the first update: the baseline the run's later evaluations compare with.
-        for name, value in held_out_metrics(eval_env, sampled_eval_env, policy, sampler, 0).items():
+        for name, value in held_out_metrics(eval_env, sampled_eval_env, policy, sampler, 0, par).items():
             loggers.log_scalar(name, value, 0)
     for iteration in progress:
         step = iteration + 1
@@ -378,7 +433,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         t0 = time.perf_counter()
         env.reward_seconds = 0.0
         with torch.no_grad():
-            traj = next(batches)
+            traj = par.gather_batch(next(batches))  # this rank's groups -> the global batch, on every rank
             if cfg.algo.group_filter != "none":  # dynamic sampling: more rollouts until the groups carry signal
                 traj, filtered = fill_batch(traj, batches, estimator, cfg)
         rollout_s = time.perf_counter() - t0
@@ -389,10 +444,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         # 2. Tokens, old-policy and reference log-probs, KL in the reward (k1), credit assignment.
         t1 = time.perf_counter()
         tokens = policy_token_batch(traj, policy, cfg)
-        add_credit(traj, tokens, model, reference, estimator, cfg, tokenizer=tokenizer)
+        add_credit(traj, tokens, model, reference, estimator, cfg, tokenizer=tokenizer, parallel=par)
 
         # 3. PPO update: micro-batches with gradient accumulation, one optimiser step per epoch.
-        stats = ppo_update(loss_module, optimizer, tokens, traj, cfg, scheduler, scaler)
+        stats = ppo_update(loss_module, optimizer, tokens, traj, cfg, scheduler, scaler, parallel=par)
         update_s = time.perf_counter() - t1
         peaks["peak_gib_update"] = cuda_peak_gib(cfg.policy.device)
 
@@ -406,7 +461,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         metrics.update(token_metrics(traj, tokens))
         if cfg.log.probe_every and step % cfg.log.probe_every == 0:
             separators = separators or separator_token_ids(tokenizer, cfg.env.step_separator)
-            metrics.update(boundary_probabilities(model, tokens, policy.eos_token_ids, separators))
+            local = par.local_rows(tokens)  # the probe's forward pass, each rank on its rows
+            metrics.update(par.mean(boundary_probabilities(model, local, policy.eos_token_ids, separators)))
         generated = tokens["response_mask"].sum().item()
         metrics.update(stats)
         if cfg.algo.group_filter != "none":
@@ -420,7 +476,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         )
         metrics.update({k: v for k, v in peaks.items() if v is not None})  # CUDA only
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.iterations):
-            metrics.update(held_out_metrics(eval_env, sampled_eval_env, policy, sampler, step))
+            metrics.update(held_out_metrics(eval_env, sampled_eval_env, policy, sampler, step, par))
         for name, value in metrics.items():
             loggers.log_scalar(name, value, step)
         history.append({"iteration": step, **metrics})
@@ -430,12 +486,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
             steps=f"{metrics['steps_per_response']:.1f}",
             kl=f"{metrics['kl']:.3f}",
         )
-        if cfg.log.sample_every and (step % cfg.log.sample_every == 0 or step == 1):
+        if cfg.log.sample_every and (step % cfg.log.sample_every == 0 or step == 1) and par.is_main:
             print_sample(traj, step)
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.iterations or stop["requested"]:
+        stopping = par.any(stop["requested"])  # a signal one rank got stops every rank after this iteration
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.iterations or stopping:
             checkpoint(step)
-        if stop["requested"]:
-            print(f"stopped after iteration {step}; resume with: python -m pure_rl.train --resume {run_dir}")
+        if stopping:
+            par.print(f"stopped after iteration {step}; resume with: python -m pure_rl.train --resume {run_dir}")
             break
     progress.close()
     collector.shutdown()
@@ -444,6 +501,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
         signal.signal(sig, handler)
 
     # --- artefacts: plot and summary ----------------------------------------------------------------------
+    if not par.is_main:
+        return {"run_dir": str(run_dir), "rank": par.rank}
     # From the logs, not `history`: a resumed run's summary covers the iterations before the resume too.
     summary = summarize(read_metrics(scalars_dir) if scalars_dir.is_dir() else history, cfg, run_dir)
     summary["start_model"] = start_model
@@ -458,27 +517,33 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, *, env, eval_env, prm, v
     return summary
 
 
-def held_out_metrics(eval_env, sampled_env, policy, sampler: torch.Generator | None, step: int) -> dict:
+def held_out_metrics(eval_env, sampled_env, policy, sampler: torch.Generator | None, step: int, par=None) -> dict:
     """Greedy held-out metrics (``eval_*``), and sampled ones (``eval_sampled_*``) when ``sampled_env`` is given,
     printed on one line. Sampling here leaves the training sampler's state as it found it, so evaluating does not
-    change what training draws (the transformers backend; vLLM's engine has one generator for both)."""
+    change what training draws (the transformers backend; vLLM's engine has one generator for both). With
+    several processes each rank scores its equal share of the problems and the means are averaged (``par``)."""
     from tqdm import tqdm
 
     from pure_rl.evaluate import evaluate
 
     metrics = evaluate(eval_env, policy)
-    line = f"held-out at iteration {step}: greedy accuracy {metrics['eval_accuracy']:.3f}"
     if sampled_env is not None:
         state = sampler.get_state() if sampler is not None else None
         metrics.update(evaluate(sampled_env, policy, sampled=True))
         if state is not None:
             sampler.set_state(state)
+    world = 1
+    if par is not None:
+        metrics, world = par.mean(metrics), par.world
+    line = f"held-out at iteration {step}: greedy accuracy {metrics['eval_accuracy']:.3f}"
+    if sampled_env is not None:
         n = sampled_env.group_size
         line += (
             f", sampled accuracy {metrics['eval_sampled_accuracy']:.3f} and pass@{n} "
             f"{metrics.get('eval_sampled_pass_at_n', float('nan')):.3f} ({n} samples per problem)"
         )
-    tqdm.write(f"{line} ({eval_env.batch_size[0]} problems)")
+    if par is None or par.is_main:
+        tqdm.write(f"{line} ({eval_env.batch_size[0] * world} problems)")
     return metrics
 
 

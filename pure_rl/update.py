@@ -155,6 +155,7 @@ def add_credit(
     estimator,
     cfg,
     tokenizer=None,
+    parallel=None,
 ) -> None:
     """Old-policy and reference log-probs (when the KL or several epochs need them; with one optimiser step and
     ``train.old_log_probs=generation`` the old ones are the rollout's), the k1 KL penalty, then
@@ -167,7 +168,12 @@ def add_credit(
     here (:func:`pure_rl.objectives.credit.whiten_nonzero`) instead of the steps' in the estimator.
 
     ``algo.overlong``: ``penalty`` adds :func:`overlong_penalty` to the last step's ``extra_reward`` (outside the
-    credit form, as the KL); ``mask`` writes ``loss_mask`` without the responses the budget cut off."""
+    credit form, as the KL); ``mask`` writes ``loss_mask`` without the responses the budget cut off.
+
+    ``parallel`` (:class:`pure_rl.parallel.Parallel`): ``traj`` and ``tokens`` are the global batch on every rank;
+    each rank runs the log-prob passes on its own rows and they are gathered, so the credit is computed from the
+    whole batch as on one process."""
+    row_pass = parallel.row_pass if parallel is not None else lambda fn, batch: fn(batch)
     passes = dict(
         micro_batch_size=cfg.train.micro_batch_size,
         shared_prompt_pass=shared_prompt_pass(cfg),
@@ -183,7 +189,7 @@ def add_credit(
         old = sampled_log_probs(tokens)
     if several_steps or (reference is not None and old is None) or correct:
         with autocast(cfg):
-            old = batch_log_probs(model, tokens, **passes)
+            old = row_pass(lambda rows: batch_log_probs(model, rows, **passes), tokens)
         if several_steps:
             tokens["old_log_prob"] = old
     if correct:
@@ -192,7 +198,7 @@ def add_credit(
         )
     if reference is not None:
         with autocast(cfg):
-            ref = batch_log_probs(reference, tokens, **passes)
+            ref = row_pass(lambda rows: batch_log_probs(reference, rows, **passes), tokens)
         tokens["ref_log_prob"] = ref
     kl_tokens = None
     if reference is not None and cfg.algo.kl_estimator == "k1":
@@ -234,13 +240,17 @@ def accumulate_gradients(
     *,
     precision=contextlib.nullcontext,
     scaler: torch.amp.GradScaler | None = None,
+    batch_mask: torch.Tensor | None = None,
+    loss_scale: float = 1.0,
 ) -> dict:
     """Forward (under ``precision()``) and backward of the token PPO loss micro-batch by micro-batch, each weighted
-    by its share of ``tokens``; adds the weighted loss statistics (averaged over ``steps`` optimiser steps) into
-    ``stats`` and returns it. No optimiser step."""
+    by its share of the batch whose loss mask is ``batch_mask`` (default ``tokens``' own; on several processes the
+    global mini-batch's, ``tokens`` being this rank's rows of it, and the backward scaled by ``loss_scale``); adds
+    the weighted loss statistics (averaged over ``steps`` optimiser steps) into ``stats`` and returns it. No
+    optimiser step."""
     n = tokens.shape[0]
     stats = stats if stats is not None else dict.fromkeys(STAT_KEYS, 0.0)
-    batch_mask = loss_mask(tokens)
+    batch_mask = loss_mask(tokens) if batch_mask is None else batch_mask
     for start in range(0, n, micro_batch_size):
         mb = slice(start, min(n, start + micro_batch_size))
         with precision():
@@ -248,7 +258,8 @@ def accumulate_gradients(
         # The micro-batch's share of the batch's loss, as the loss aggregation counts (rows, or tokens).
         weight = loss_module.aggregation.share(batch_mask[mb], batch_mask)
         total = out["loss_objective"] + out["loss_entropy"] + out["loss_kl"]
-        (total * weight if scaler is None else scaler.scale(total * weight)).backward()
+        scaled = total * (weight * loss_scale)
+        (scaled if scaler is None else scaler.scale(scaled)).backward()
         for key in ("loss_objective", "entropy", "clip_fraction", "kl"):
             stats[key] += out[key].item() * weight / steps
         stats["loss"] += total.item() * weight / steps
@@ -272,10 +283,14 @@ def ppo_update(
     cfg,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    parallel=None,
 ) -> dict:
     """``train.ppo_epochs`` passes over one batch, one optimiser step per mini-batch of ``train.mini_batch_size``
     sequences (the whole batch when 0); returns the statistics averaged over the steps (``STAT_KEYS``, ``lr``
-    being the rate of the first step). A non-finite gradient norm skips that step (and says so)."""
+    being the rate of the first step). A non-finite gradient norm skips that step (and says so).
+
+    ``parallel``: ``tokens`` is the global batch; each rank runs the loss on its rows of every mini-batch, weighted
+    by their share of the whole mini-batch, and the statistics are summed over ranks."""
     n = tokens.shape[0]
     size = cfg.train.mini_batch_size or n
     mini_batches = [slice(i, min(n, i + size)) for i in range(0, n, size)]
@@ -292,7 +307,15 @@ def ppo_update(
             optimizer.zero_grad(set_to_none=True)
             batch = tokens if len(mini_batches) == 1 else tokens[mb]
             accumulate_gradients(
-                loss_module, batch, cfg.train.micro_batch_size, stats, steps, precision=precision, scaler=scaler
+                loss_module,
+                parallel.local_rows(batch) if parallel is not None else batch,
+                cfg.train.micro_batch_size,
+                stats,
+                steps,
+                precision=precision,
+                scaler=scaler,
+                batch_mask=loss_mask(batch),
+                loss_scale=parallel.loss_scale if parallel is not None else 1.0,
             )
             if loss_module.critic is not None:
                 critic_loss = loss_module.loss_critic(traj if len(mini_batches) == 1 else traj[mb])
@@ -302,6 +325,8 @@ def ppo_update(
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # sharded parameters: a DTensor, the same norm on every rank
+                grad_norm = grad_norm.full_tensor()
             if scaler is not None:
                 scaler.step(optimizer)  # skips the step itself when the scaled gradients overflowed
                 scaler.update()
@@ -314,4 +339,6 @@ def ppo_update(
                 scheduler.step()
             stats["grad_norm"] += grad_norm.item() / steps
     loss_module.model.eval()
+    if parallel is not None:
+        stats = parallel.sum(stats, ("loss", "loss_objective", "entropy", "clip_fraction", "kl"))
     return stats

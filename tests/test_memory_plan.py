@@ -25,7 +25,8 @@ def test_the_papers_config_does_not_fit_one_h200_and_says_which_levers():
     done = dry_run("configs/paper_qwen7b_prm_vr.yaml", "--device-memory", "141")
     assert done.returncode == 3, done.stdout + done.stderr
     last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("memory plan: does not fit: cuda:0 needs") and "more GPUs" in last and "lora.rank=16" in last
+    assert last.startswith("memory plan: does not fit: cuda:0 needs") and "lora.rank=16" in last
+    assert "4 GPUs with FSDP: torchrun --nproc_per_node 4" in last  # the fewest 141 GiB devices (2 need 141.4)
     for part in ("fp32 masters", "autocast compute copy", "gradients", "AdamW state", "KL reference", "PRM",
                  "vLLM engine", "activations"):  # fmt: skip
         assert part in done.stdout, part
@@ -53,6 +54,25 @@ def test_components_follow_the_config():
     moved = memory_plan(load_config("configs/paper_qwen7b_prm_vr.yaml", ["env.prm_device=cuda:1"]), 141)
     assert [name for name, _ in moved.devices["cuda:1"]] == ["PRM (7.07B, bfloat16)"]
     assert moved.total("cuda:0") < plan.total("cuda:0")
+
+
+def test_the_papers_config_fits_eight_80_gib_devices_under_fsdp_and_not_four():
+    cfg = load_config("configs/paper_qwen7b_prm_vr.yaml")
+    n = KNOWN["Qwen/Qwen2.5-Math-7B"].parameters()
+    one, four, eight = (memory_plan(cfg, 80, world_size=w) for w in (1, 4, 8))
+    assert not one.devices_fit and not four.devices_fit and eight.devices_fit
+    parts = dict(eight.devices["cuda:0"])
+    # Sharded 8 ways: the fp32 masters, gradients and AdamW state; the 16-bit reference too.
+    assert parts["gradients, 1/8 per rank"] == pytest.approx(n * 4 / 8, rel=1e-6)
+    assert parts["AdamW state (2 moments), 1/8 per rank"] == pytest.approx(2 * n * 4 / 8, rel=1e-6)
+    assert parts["KL reference policy, 1/8 per rank"] == pytest.approx(n * 2 / 8, rel=1e-6)
+    # FSDP gathers 16-bit layers (MixedPrecisionPolicy) instead of autocast's whole 16-bit copy.
+    assert not any(name.startswith("autocast compute copy") for name in parts)
+    assert any(name.startswith("FSDP all-gathered (16-bit)") for name in parts)
+    assert any("8 GPUs with FSDP" in lever for lever in one.levers)
+    # Eight processes on one host each load the policy there first.
+    host = next(s for s in eight.storage if s.name == "host RAM")
+    assert host.needs == 8 * n * 4
 
 
 def test_an_unknown_hub_model_is_a_clear_error():

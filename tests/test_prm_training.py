@@ -191,7 +191,7 @@ class ScriptedBackend:
         self.eos_token_ids = [tokenizer.eos_token_id]
         self.prompt_len = None
 
-    def generate(self, prompts, budgets, *, stop_at_step, stop_at_answer=False):
+    def generate(self, prompts, budgets, *, stop_at_step, stop_at_answer=False, seeds=None):
         from agents.generation import Generation
 
         out = []
