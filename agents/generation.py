@@ -140,8 +140,12 @@ class TransformersBackend:
                 f"sync_weights: the trained model's tensors ({len(source)}) do not match the generation model's "
                 f"({len(target)}); first differing: {sorted(target.keys() ^ source.keys())[:3]}"
             )
+        copied = set()  # tied weights (a head that is the embedding) are one tensor under two names: gathered once
         with torch.no_grad():
             for name, value in source.items():
+                if target[name].data_ptr() in copied:
+                    continue
+                copied.add(target[name].data_ptr())
                 if isinstance(value, DTensor):
                     value = value.full_tensor()
                 target[name].copy_(value)
