@@ -123,6 +123,13 @@ def test_two_processes_train_the_same_run_as_one(one_process_run, tmp_path):
     assert max((trained[k] - start[k]).abs().max().item() for k in trained) > 1e-4  # 3 steps of lr 1e-4
 
 
+def test_ddp_replicates_and_trains_the_same_run(one_process_run, tmp_path):
+    # FSDP2 over a replicate-only mesh: the same run as the sharded one, checkpointed the same way.
+    run_dir = tmp_path / "ddp"
+    new_run(2, run_dir, 3, "train.parallel=ddp")
+    assert_same_run(one_process_run, run_dir)
+
+
 def test_a_killed_two_process_run_resumes_on_one_process_and_back(one_process_run, tmp_path):
     # kill -9 of the whole torchrun job once a checkpoint exists, before the run ends.
     run_dir = tmp_path / "killed"
