@@ -65,10 +65,20 @@ def iter_engine_weights(model: torch.nn.Module, dtype: torch.dtype | None = None
     """``(name, tensor)`` pairs of the weights an inference engine needs, one at a time, by the base model's
     parameter names, cast to ``dtype`` when given: for a LoRA model an adapted layer's merged ``W + delta``
     (computed when the layer is reached, ``W`` untouched); otherwise the parameters themselves (tied weights once,
-    as ``named_parameters`` lists them; no copy unless a cast needs one)."""
+    as ``named_parameters`` lists them; no copy unless a cast needs one).
+
+    A sharded (FSDP2) model's tensors are gathered one at a time as they are reached (``full_tensor()``, a
+    collective: every rank must consume the pairs in the same order, which one model's engine does); the whole
+    model is never gathered at once."""
+
+    def full(t: torch.Tensor) -> torch.Tensor:
+        return t.full_tensor() if isinstance(t, DTensor) else t
 
     def cast(t: torch.Tensor) -> torch.Tensor:
+        t = full(t)
         return t if dtype is None else t.to(dtype)
+
+    from torch.distributed.tensor import DTensor
 
     if not is_lora(model):
         for name, param in model.named_parameters():
@@ -86,9 +96,22 @@ def iter_engine_weights(model: torch.nn.Module, dtype: torch.dtype | None = None
         if layer is None:
             yield clean, cast(param.detach())
             continue
-        weight = layer.get_base_layer().weight
-        delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+        weight = full(layer.get_base_layer().weight)
+        delta = sum(_delta_weight(layer, a, full) for a in layer.active_adapters)
         yield clean, cast(weight + delta.to(weight.dtype))
+
+
+def _delta_weight(layer, adapter: str, full) -> torch.Tensor:
+    """peft's ``get_delta_weight`` of one adapter; for sharded adapters the same ``B A s`` from gathered factors
+    (peft's own would multiply DTensors, a collective per op)."""
+    from torch.distributed.tensor import DTensor
+
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    if not isinstance(a, DTensor) and not isinstance(b, DTensor):
+        return layer.get_delta_weight(adapter)
+    if getattr(layer, "fan_in_fan_out", False) or getattr(layer, "use_dora", {}).get(adapter, False):
+        raise NotImplementedError("a sharded LoRA layer with fan_in_fan_out or DoRA cannot be merged for the engine")
+    return (full(b) @ full(a)) * layer.scaling[adapter]
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -240,6 +240,7 @@ def make_policy(cfg, eos_token_ids: Sequence[int] | None = None, model_name: str
             block_size=pc.vllm_block_size,
             kv_cache_gib=pc.vllm_kv_cache_gib,
             sleep_mode=pc.vllm_sleep,
+            one_per_rank=cfg.train.parallel != "none",
             **sampling,
         )
     else:

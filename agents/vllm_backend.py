@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,11 +25,37 @@ from agents.generation import Generation
 from agents.lora import iter_engine_weights
 from envs.steps import ends_step, is_answer_step, split_token_steps
 
-__all__ = ["VLLMBackend", "VLLMNotAvailableError"]
+__all__ = ["VLLMBackend", "VLLMNotAvailableError", "request_seeds"]
 
 
 class VLLMNotAvailableError(ImportError):
     """policy.backend=vllm but vLLM is not installed."""
+
+
+def request_seeds(seeds: Sequence[int]) -> list[int]:
+    """One vLLM request seed per row from the rows' sampling seeds: rows that share one (the samples of a prompt
+    group, which the transformers backend draws one after another from one generator) are told apart by their
+    order among those rows, which no batch layout changes, since a group never splits."""
+    seen: dict[int, int] = {}
+    out = []
+    for s in seeds:
+        j = seen[s] = seen.get(s, -1) + 1
+        out.append(s if j == 0 else zlib.crc32(f"{s}:{j}".encode()))
+    return out
+
+
+def _all_cores() -> str:
+    return f"0-{max(0, (os.cpu_count() or 1) - 1)}"
+
+
+def _cores_of_this_rank() -> str:
+    """This rank's equal block of the machine's cores (``LOCAL_RANK`` of ``LOCAL_WORLD_SIZE``, torchrun's variables):
+    engines of two ranks bound to the same cores would fight over them."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    rank, ranks = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = max(1, len(cores) // ranks)
+    block = cores[rank * share : (rank + 1) * share] or cores[rank % len(cores) :][:1]
+    return ",".join(map(str, block))
 
 
 class VLLMBackend:
@@ -48,6 +75,11 @@ class VLLMBackend:
         max_num_batched_tokens: tokens the scheduler packs into one engine step (prefill chunking); None: vLLM's
             default (4096 on CPU).
         sleep_mode: CUDA only: :meth:`release` frees the engine's weights and KV cache until the next sync.
+        one_per_rank: one engine in each process of a torchrun job (``train.parallel``): vLLM's
+            ``external_launcher`` executor, as TRL's colocate mode uses it, joins the job's process group with
+            ``tensor_parallel_size=1``, so each rank generates its own prompt groups on its own device (on CPU
+            with its share of the cores). vLLM's shutdown ends that process group: the run's
+            :class:`~pure_rl.parallel.Parallel` shuts the engine down before it would.
     """
 
     def __init__(
@@ -67,6 +99,7 @@ class VLLMBackend:
         max_num_batched_tokens: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
         sleep_mode: bool = False,
+        one_per_rank: bool = False,
     ):
         on_gpu = torch.cuda.is_available()
         if sleep_mode and not on_gpu:
@@ -113,6 +146,8 @@ class VLLMBackend:
         )
         if max_num_batched_tokens is not None:
             kwargs["max_num_batched_tokens"] = max_num_batched_tokens
+        if one_per_rank:
+            kwargs["distributed_executor_backend"] = "external_launcher"
         self.sleep_mode = sleep_mode
         if on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -121,7 +156,7 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
             # Binding OpenMP threads to the cores nearly doubles CPU throughput (SmolLM2 fp32, 32 sequences: 119 -> 209
             # generated tokens/s on 2 cores).
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cores_of_this_rank() if one_per_rank else _all_cores())
             # vllm-cpu 0.32 with torch 2.13 cannot load its own AOT-compiled model ("'function' object has no
             # attribute 'finalize_loading'") and recompiles at every start (~60 s); without AOT it loads the
             # compiled graph from its ordinary compile cache: engine start 95-114 s -> 47 s here.
@@ -135,9 +170,27 @@ class VLLMBackend:
         self.llm = vllm.LLM(**kwargs)
         core = getattr(self.llm.llm_engine, "engine_core", None)
         self.in_process = type(core).__name__ == "InprocClient"
-        # TorchRL's wrapper calls generate() with vLLM's default progress bar on: one bar per env step is noise.
-        self.llm.generate = functools.partial(self.llm.generate, use_tqdm=False)
+        # TorchRL's wrapper calls generate() with vLLM's default progress bar on (one bar per env step is noise)
+        # and with one SamplingParams for the whole batch: the call goes through _generate_seeded instead.
+        self._engine_generate = functools.partial(self.llm.generate, use_tqdm=False)
+        self.llm.generate = self._generate_seeded
+        self._request_seeds: list[int] | None = None
         self._vllm_wrapper = None
+
+    def _generate_seeded(self, prompts, sampling_params=None, **kwargs):
+        """``LLM.generate`` with the call's one ``SamplingParams`` copied per request with that request's seed
+        (vLLM then draws each request from a generator of its own), when :meth:`generate` set seeds."""
+        seeds, self._request_seeds = self._request_seeds, None
+        if seeds is not None:
+            if len(seeds) != len(prompts):
+                raise RuntimeError(f"{len(seeds)} sampling seeds for {len(prompts)} requests")
+            params = []
+            for s in seeds:
+                p = sampling_params.clone()
+                p.seed = s
+                params.append(p)
+            sampling_params = params
+        return self._engine_generate(prompts, sampling_params, **kwargs)
 
     def _wrapper(self):
         """TorchRL's ``vLLMWrapper`` over the engine: tokens in, tokens out (built once)."""
@@ -169,10 +222,10 @@ class VLLMBackend:
         """One call of TorchRL's ``vLLMWrapper`` for the rows that have budget left.
 
         The wrapper takes one ``SamplingParams`` per call, so every row is generated with the largest budget
-        and a row that runs past its own is cut to it (the tokens before the cut are the same either way), and
-        sampling draws from the engine's seeded generator rather than a seed per request: ``seeds`` is not
-        honoured (a run on several processes therefore needs the transformers backend, which the config
-        enforces). The finish reason
+        and a row that runs past its own is cut to it (the tokens before the cut are the same either way).
+        ``seeds`` (one per row, :func:`agents.policy.sampling_seeds`) become per-request seeds
+        (:func:`request_seeds`), so a row draws the same tokens whatever else is in the batch and on whichever
+        rank it runs, up to the float differences of batches of other sizes. The finish reason
         is read from the tokens by the rule the transformers backend stops by: EOS, then the separator, then
         the budget. ``stop_at_answer`` cuts a response after its first step with a ``\\boxed{}`` answer (split
         by :func:`envs.steps.split_token_steps`); vLLM has no stop rule for that, so the engine still generates
@@ -187,16 +240,22 @@ class VLLMBackend:
         batch = lazy_stack(
             [TensorDict({("tokens", "prompt"): torch.tensor(list(prompts[i]), dtype=torch.long)}) for i in todo]
         )
-        out = self._wrapper()(
-            batch,
-            max_tokens=int(max(max_new_tokens[i] for i in todo)),
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stop=[self.separator] if stop_at_step else None,
-            include_stop_str_in_output=True,
-            logprobs=0,  # the sampled token's only
-            prompt_logprobs=None,  # the wrapper asks for them with log-probs on; they cost a pass over the prompt
-        )
+        if seeds is not None and self.temperature > 0:
+            per_row = request_seeds(seeds)
+            self._request_seeds = [per_row[i] for i in todo]  # taken by _generate_seeded
+        try:
+            out = self._wrapper()(
+                batch,
+                max_tokens=int(max(max_new_tokens[i] for i in todo)),
+                temperature=self.temperature,
+                top_p=self.top_p,
+                stop=[self.separator] if stop_at_step else None,
+                include_stop_str_in_output=True,
+                logprobs=0,  # the sampled token's only
+                prompt_logprobs=None,  # the wrapper asks for them with log-probs on; they cost a pass over the prompt
+            )
+        finally:
+            self._request_seeds = None
         responses = out.get(("tokens", "response"), as_list=True)
         response_log_probs = out.get(("log_probs", "response"), as_list=True)
         eos = set(self.eos_token_ids)

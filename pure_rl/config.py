@@ -690,11 +690,6 @@ def _cross_checks(cfg: RunConfig) -> None:
 def _parallel_checks(cfg: RunConfig) -> None:
     """What ``train.parallel`` needs of the rest of the config (the world size is checked when the run starts)."""
     where = f"train.parallel={cfg.train.parallel}"
-    if cfg.policy.backend != "transformers":
-        raise ConfigError(
-            f"{where} generates with the transformers backend only: the vLLM engine's sharded weight sync is not "
-            "built yet; set policy.backend=transformers, or train.parallel=none for vLLM on one device"
-        )
     if cfg.train.shared_prompt_pass is True:
         raise ConfigError(
             f"{where} needs train.shared_prompt_pass=false or auto: its one pass per group would give ranks "

@@ -17,9 +17,12 @@ by their share of the global mini-batch: :meth:`Parallel.local_rows`). FSDP aver
 those shares already sum to the batch's loss, hence :attr:`Parallel.loss_scale`. What remains different is float
 reduction order (a gradient summed over ranks, a row's logits in a batch of another size).
 
-Generation under FSDP runs on a full copy of the policy (the engine's copy, as vLLM's is), which the weight sync
-fills tensor by tensor from the sharded parameters (:meth:`agents.generation.TransformersBackend.sync_weights`):
-a sharded module's forward is a collective, and ranks generate different numbers of tokens.
+Generation never runs the sharded module (its forward is a collective, and ranks generate different numbers of
+tokens): each rank generates with an engine of its own, a vLLM engine that joined the job's process group
+(``policy.backend=vllm``: :class:`agents.vllm_backend.VLLMBackend` with ``one_per_rank``) or a full copy of the
+policy for the transformers backend (:meth:`Parallel.generation_copy`). The weight sync fills either from the
+sharded parameters one tensor at a time (``full_tensor()``, in the same order on every rank:
+:func:`agents.lora.iter_engine_weights`, :meth:`agents.generation.TransformersBackend.sync_weights`).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Parallel:
         self.mode, self.rank, self.world, self.device = mode, rank, world, device
         self.mesh = None
         self.owns_group = False  # made the process group (and so ends it); else the caller's
+        self._before_close: list = []
 
     @property
     def enabled(self) -> bool:
@@ -289,8 +293,14 @@ class Parallel:
         model_state, optim_state = state["model"], state["optimizer"]
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=options)
 
+    def at_close(self, fn) -> None:
+        """Call ``fn()`` when the run ends, before the process group does (a vLLM engine that joined the group)."""
+        self._before_close.append(fn)
+
     def close(self) -> None:
-        """End the process group if this object made it."""
+        """Shut down what joined the process group, then end the group if this object made it."""
+        while self._before_close:
+            self._before_close.pop()()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False

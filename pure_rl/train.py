@@ -283,9 +283,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
         model = policy.model = apply_lora(
             model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules
         )
-    if par.enabled:
+    if par.enabled and cfg.policy.backend == "vllm":
+        par.at_close(policy.backend.shutdown)  # vLLM's shutdown ends the process group its engine joined
+    elif par.enabled:
         # Generation runs on a full copy (a sharded forward is a collective, and ranks generate different numbers
-        # of tokens); the weight sync fills it from the shards tensor by tensor.
+        # of tokens), as vLLM's engine is one; the weight sync fills it from the shards tensor by tensor.
         policy.backend.model = par.generation_copy(model, getattr(torch, engine_dtype(cfg.policy)))
     if cfg.algo.kl_coef == 0:
         reference = None
