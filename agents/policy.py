@@ -174,6 +174,18 @@ class ReasoningPolicy(TensorDictModuleBase):
         if self.model is not None:
             self.backend.sync_weights(self.model)
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy ``weights`` (parameter names as :func:`agents.lora.iter_engine_weights` gives them: a LoRA policy's
+        merged, a tied weight once) into :attr:`model`, then sync the engine: the policy copy of a rollout worker
+        in another process, which the trainer's weights reach as tensors."""
+        missing = {name for name, _ in self.model.named_parameters()} - set(weights)
+        if missing:
+            raise ValueError(f"load_weights: no tensor for {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for name, value in weights.items():
+                self.model.get_parameter(name).copy_(value)
+        self.sync_weights()
+
 
 def load_model_and_tokenizer(name: str, dtype: str = "float32", device: str = "cpu"):
     """The HF causal LM and tokenizer for ``policy.model`` (see :func:`agents.models.resolve_model_dir`)."""

@@ -494,6 +494,14 @@ class TrainConfig:
         "ranks (pure_rl.parallel). 'none': one process, one device",
         choices=("none", "fsdp", "ddp"),
     )
+    ray_rollout_workers: int = opt(
+        0,
+        "rollouts on a Ray cluster (RAY_ADDRESS, else a local one): N TorchRL collectors as Ray actors, each with "
+        "its own env, PRM and policy engine, rolling out 1/N of every batch's prompt groups; the trainer pushes "
+        "its weights to them after each update (pure_rl.ray_rollout). 0: rollouts in the trainer's process",
+        check=non_negative,
+        allowed=">= 0",
+    )
     seed: int = opt(0, "random seed", check=non_negative, allowed=">= 0")
     checkpoint_every: int = opt(10, "iterations between checkpoints", check=positive, allowed="> 0")
     eval_every: int = opt(
@@ -679,6 +687,8 @@ def _cross_checks(cfg: RunConfig) -> None:
         )
     if cfg.train.parallel != "none":
         _parallel_checks(cfg)
+    if cfg.train.ray_rollout_workers:
+        _ray_checks(cfg)
     baseline = registry.entry("baseline", cfg.algo.baseline)
     if baseline.meta.get("needs_group") and cfg.train.samples_per_prompt < 2:
         raise ConfigError(
@@ -704,6 +714,22 @@ def _parallel_checks(cfg: RunConfig) -> None:
         raise ConfigError(
             f"{where} with algo.group_filter={cfg.algo.group_filter} is not built: refilling the batch would need "
             "every rank to agree on each extra rollout; set algo.group_filter=none"
+        )
+
+
+def _ray_checks(cfg: RunConfig) -> None:
+    """What ``train.ray_rollout_workers`` needs of the rest of the config."""
+    workers = cfg.train.ray_rollout_workers
+    where = f"train.ray_rollout_workers={workers}"
+    if cfg.train.parallel != "none":
+        raise ConfigError(
+            f"{where} with train.parallel={cfg.train.parallel}: rollouts on Ray go with one training process; "
+            "set train.parallel=none (or train.ray_rollout_workers=0 for a torchrun job's own rollouts)"
+        )
+    if cfg.train.prompts_per_iter % workers:
+        raise ConfigError(
+            f"{where}: train.prompts_per_iter={cfg.train.prompts_per_iter} does not split into {workers} equal "
+            f"shares of whole prompt groups, one per worker; make it a multiple of {workers}"
         )
 
 

@@ -21,12 +21,15 @@ from collections.abc import Sequence
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from torchrl.collectors import Collector
 
 from agents.policy import generation_log_probs
 from envs.ragged import log_probs_stack, text_stack, token_ids_stack
 from envs.steps import split_token_steps
 
 __all__ = [
+    "GroupedBatchCollector",
+    "PadSteps",
     "ResponseScript",
     "StopWhenAllDone",
     "WholeResponseActor",
@@ -185,38 +188,75 @@ class StopWhenAllDone:
 
 
 def make_collector(env, policy, mode: str = "step"):
+    """A TorchRL ``Collector`` yielding one grouped batch of episodes ``[B, K]`` per ``next()``
+    (:class:`GroupedBatchCollector`)."""
+    return GroupedBatchCollector(env, policy, mode=mode)
+
+
+class GroupedBatchCollector(Collector):
     """A TorchRL ``Collector`` yielding one grouped batch of episodes ``[B, K]`` per ``next()``.
 
     Every episode ends within ``max_steps`` env steps, so each batch holds exactly one whole episode per row,
     the same batch :func:`collect` returns. The collector resets the env once when it is built; the question
     order is rewound past that reset, so the first batch sees the first questions (and a resumed run its
     restored data position).
-    """
-    from torchrl.collectors import Collector
 
-    if env.restart_groups:
-        raise ValueError("make_collector needs an env with restart_groups=False (one episode per row per batch)")
-    actor = rollout_actor(env, policy, mode)
-    position = env.state_dict()
-    collector = Collector(
-        env,
-        actor,
-        frames_per_batch=env.batch_size[0] * env.max_steps,
-        total_frames=-1,
-        reset_at_each_iter=True,
-        trust_policy=True,
-        device=env.device,  # policy and env on one device: the collector keeps the text entries' device as is
-        auto_register_policy_transforms=False,  # the policy reads the env's own keys only
-        use_buffers=False,  # with buffers the collector probes the policy once (a generation, and RNG draws)
-        interruptor=StopWhenAllDone(env),
-        track_traj_ids=False,
-    )
-    env.load_state_dict(position)
-    if not hasattr(collector, "_final_rollout"):
-        # torchrl 0.14.1 reads this preallocated buffer on the interrupted path even without buffers (and then
-        # stacks the steps itself); it only exists with use_buffers=True.
-        collector._final_rollout = None
-    return collector
+    ``env`` and ``policy`` may be given as factories (``policy_factory``): how a Ray actor builds its own
+    (:class:`pure_rl.ray_rollout.GroupedRayCollector`). ``pad_to`` pads every batch to that many steps (the
+    episode's last entry repeated with ``done`` set, which estimators mask), so batches of several workers
+    stack. Other keyword arguments are the generic settings a ``RayCollector`` hands its workers (frames per
+    batch, devices, reset flag): a grouped batch fixes those itself.
+    """
+
+    def __init__(self, env, policy=None, *, policy_factory=None, mode: str = "step", pad_to: int = 0, **_):
+        env = env() if callable(env) and not hasattr(env, "batch_size") else env
+        policy = policy_factory() if policy_factory is not None else policy
+        if env.restart_groups:
+            raise ValueError("a grouped batch needs an env with restart_groups=False (one episode per row)")
+        position = env.state_dict()
+        super().__init__(
+            env,
+            rollout_actor(env, policy, mode),
+            frames_per_batch=env.batch_size[0] * env.max_steps,
+            total_frames=-1,
+            reset_at_each_iter=True,
+            trust_policy=True,
+            device=env.device,  # policy and env on one device: the text entries' device is kept as is
+            auto_register_policy_transforms=False,  # the policy reads the env's own keys only
+            use_buffers=False,  # with buffers the collector probes the policy once (a generation, RNG draws)
+            interruptor=StopWhenAllDone(env),
+            track_traj_ids=False,
+            postproc=PadSteps(pad_to) if pad_to else None,
+        )
+        env.load_state_dict(position)
+        self.reasoning_policy = policy
+        if not hasattr(self, "_final_rollout"):
+            # torchrl 0.14.1 reads this preallocated buffer on the interrupted path even without buffers (and
+            # then stacks the steps itself); it only exists with use_buffers=True.
+            self._final_rollout = None
+
+    def env_state(self) -> dict:
+        """The env's data position (for the run's checkpoint)."""
+        return self.env.state_dict()
+
+    def push_weights(self, model) -> None:
+        """Nothing to push: the policy here is the trainer's own (its engine synced by the training loop)."""
+
+    def load_weights(self, weights: dict) -> None:
+        """``weights`` (by parameter name) into this collector's policy and its engine: a Ray worker's update."""
+        self.reasoning_policy.load_weights(weights)
+
+
+class PadSteps:
+    """A collector ``postproc`` padding a ``[B, K]`` batch to ``[B, steps]`` by repeating each row's last entry
+    (``done`` is set there, so estimators and metrics mask what it adds)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __call__(self, batch: TensorDictBase) -> TensorDictBase:
+        k = batch.shape[1]
+        return torch.cat([batch] + [batch[:, -1:]] * (self.steps - k), dim=1) if k < self.steps else batch
 
 
 def collect(env, policy, mode: str = "step") -> TensorDictBase:

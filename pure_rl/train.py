@@ -10,6 +10,7 @@ generation engine -> metrics, samples, evaluation, checkpoint. Every hyperparame
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import random
@@ -273,7 +274,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
         )
     for warning in precision_warnings(cfg):
         print(f"warning: {warning}")
-    policy = make_policy(cfg, model_name=start_model)
+    # With rollouts on Ray the workers hold the generation engines; the trainer's own policy (evaluation, the
+    # update) generates with the transformers backend on the trained module.
+    remote = cfg.train.ray_rollout_workers > 0
+    trainer_cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, backend="transformers"))
+    policy = make_policy(trainer_cfg if remote else cfg, model_name=start_model)
     model, tokenizer = policy.model, policy.tokenizer
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -368,12 +373,19 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
         par.print(f"resumed {run_dir} after iteration {start}")
 
     # A TorchRL collector: one grouped batch of fresh episodes per step of its iterator (built after a resume, at
-    # the restored data position).
-    collector = make_collector(env, policy, cfg.policy.rollout_mode)
+    # the restored data position); with train.ray_rollout_workers, TorchRL's RayCollector over workers that start
+    # from the trainer's weights.
+    if remote:
+        from pure_rl.ray_rollout import make_ray_collector  # imports Ray
+
+        collector = make_ray_collector(cfg, env, start_model)
+        collector.push_weights(model)
+    else:
+        collector = make_collector(env, policy, cfg.policy.rollout_mode)
     batches = iter(collector)
 
     def checkpoint(done_iterations: int) -> None:
-        envs_state = {"train": env.state_dict()}
+        envs_state = {"train": collector.env_state()}
         if eval_env is not None:
             envs_state["eval"] = eval_env.state_dict()
         # Several processes: every rank writes its shards, then rank 0 the rest and the record naming them.
@@ -456,6 +468,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
         # 4. Weight sync: the generation engine samples from the updated policy next iteration.
         t2 = time.perf_counter()
         policy.sync_weights()
+        collector.push_weights(model)  # rollout workers on Ray (a no-op for the trainer's own collector)
         sync_s = time.perf_counter() - t2
 
         # 5. Metrics, samples, evaluation, checkpoint.

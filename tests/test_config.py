@@ -240,3 +240,17 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     with pytest.raises(ConfigError, match=r"override env\.prompt_template expands to more than"):
         load_config("configs/tiny.yaml", ["env.prompt_template={" + ", ".join(bomb) + "}"])
     assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["train.ray_rollout_workers=2", "train.parallel=fsdp"], "train.parallel=fsdp"),
+        (["train.ray_rollout_workers=3", "train.prompts_per_iter=4"], "multiple of 3"),
+    ],
+)
+def test_ray_rollouts_refuse_what_they_cannot_run(overrides, named):
+    from pure_rl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=named):
+        load_config("configs/tiny.yaml", overrides)

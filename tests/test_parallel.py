@@ -329,3 +329,18 @@ def test_two_processes_with_vllm_engines_train_the_same_run_as_one(tmp_path):
     # there move Adam's first steps by up to the learning rate on coordinates whose gradient is near zero (2 steps:
     # 1.7e-5 measured); 1e-4 is one step of lr 1e-4, still far below what a different trajectory would give.
     assert_same_run(one, two, weights_atol=1e-4)
+
+
+# --- Ray: rollouts on Ray workers, one trainer ---------------------------------------------------------------------
+
+
+def test_rollouts_on_two_ray_workers_train_the_same_run_and_resume(one_process_run, tmp_path):
+    # Two TorchRL collectors as actors on a local Ray cluster, each with its own env shard, PRM and policy copy,
+    # fed the trainer's weights after every update: the same trajectories as one process (per-group seeds), and a
+    # resume puts the workers at the checkpoint's data position with the checkpoint's weights.
+    run_dir = tmp_path / "ray"
+    ray = ["train.parallel=none", "train.ray_rollout_workers=2"]
+    out = new_run(1, run_dir, 2, *ray)
+    assert "Started a local Ray instance" in out, out[-3000:]
+    resume(1, run_dir, 3)
+    assert_same_run(one_process_run, run_dir)
