@@ -170,6 +170,7 @@ def run_training_row(name: str, args) -> dict:
     """One training row in this process: the memory plan, the run, its timings and peaks."""
     import torch
 
+    from pure_rl.checkpoint import checkpoint_shards
     from pure_rl.config import load_config
     from pure_rl.memory_plan import memory_plan
     from pure_rl.parallel import setup_parallel
@@ -200,9 +201,9 @@ def run_training_row(name: str, args) -> dict:
     def phase(name):
         return [r[f"peak_gib_{name}"] for r in rows if f"peak_gib_{name}" in r]
 
-    # A sharded run's weights and optimiser are in its newest shard folder beside checkpoint.pt.
-    shard_folders = sorted(run_dir.glob("checkpoint.shards.*"), key=lambda f: int(f.suffix[1:]))
-    files = [run_dir / "checkpoint.pt", *(shard_folders[-1].iterdir() if shard_folders else [])]
+    # A sharded run's weights and optimiser are in the shard folder its checkpoint names, beside checkpoint.pt.
+    shards = checkpoint_shards(run_dir)
+    files = [run_dir / "checkpoint.pt", *(shards.iterdir() if shards else [])]
     checkpoint_bytes = sum(f.stat().st_size for f in files if f.is_file())
     device = next(iter(plan.devices))
     return {

@@ -19,9 +19,9 @@ import torch
 def measured_bytes(cfg) -> dict[str, int]:
     from agents import make_reference_model
     from agents.policy import load_model_and_tokenizer
+    from pure_rl.build import log_probs_with_entropy
     from pure_rl.config import shared_prompt_pass
     from pure_rl.objectives.loss import StepTokenPPOLoss
-    from pure_rl.train import log_probs_with_entropy
     from pure_rl.update import compute_dtype
 
     model, _, _ = load_model_and_tokenizer(cfg.policy.model, cfg.policy.dtype, "cpu")

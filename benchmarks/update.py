@@ -29,10 +29,10 @@ def main() -> None:
     from agents import make_policy, make_reference_model
     from agents.log_probs import batch_log_probs
     from envs import make_env
+    from pure_rl.build import log_probs_with_entropy
     from pure_rl.config import load_config
     from pure_rl.objectives.loss import StepTokenPPOLoss
     from pure_rl.rollout import collect
-    from pure_rl.train import log_probs_with_entropy
     from pure_rl.update import accumulate_gradients, policy_token_batch
     from pure_rl.warmup import warmed_up_model
 

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from agents.log_probs import batch_log_probs
     from agents.policy import make_reference_model
+    from pure_rl.build import log_probs_with_entropy
     from pure_rl.objectives.loss import StepTokenPPOLoss
-    from pure_rl.train import log_probs_with_entropy
     from pure_rl.update import accumulate_gradients
 
     device = torch.device(args.device)

@@ -36,6 +36,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointError",
     "checkpoint_record",
+    "checkpoint_shards",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",
@@ -254,6 +255,13 @@ def checkpoint_record(run_dir: str | Path) -> dict | None:
         return json.loads(meta.read_text()) if meta.is_file() else None
     except ValueError:
         return None
+
+
+def checkpoint_shards(run_dir: str | Path) -> Path | None:
+    """The shard folder the current checkpoint of ``run_dir`` names (a run on several processes); None for an
+    unsharded checkpoint or none."""
+    folder = _recorded_shards(_meta_path(Path(run_dir) / CHECKPOINT_NAME))
+    return Path(run_dir) / folder if folder else None
 
 
 def set_record_config(run_dir: str | Path, config: dict) -> None:

@@ -2,8 +2,8 @@
 
 Started by ``torchrun --nproc_per_node N -m pure_rl.train --config C train.parallel=fsdp`` (or ``ddp``; gloo on
 CPU, NCCL on CUDA with rank ``r`` on ``cuda:LOCAL_RANK``); a plain ``python -m pure_rl.train`` with the same config
-is the same run on one process. The training loop calls this module in a few named places and nowhere else
-checks a rank.
+is the same run on one process. The training loop calls this module in a few named places; what it does on rank 0
+alone (logging, the summary, the run lock) it asks of it (:attr:`Parallel.is_main`, :meth:`Parallel.main_only`).
 
 **A run does not depend on the number of processes.** ``train.prompts_per_iter`` is the global batch; rank ``r``
 of ``W`` rolls out the ``r``-th block of its prompt groups (a prompt's samples never split: the baselines compare
@@ -50,10 +50,15 @@ def _trained_only(strict: bool = True):
     return StateDictOptions(ignore_frozen_params=True, strict=strict)
 
 
+def _has_frozen(model: torch.nn.Module) -> bool:
+    """A LoRA model (its base frozen): checkpoints hold what trains only."""
+    return not all(p.requires_grad for p in model.parameters())
+
+
 def _without_frozen_aliases(model: torch.nn.Module, state: dict) -> dict:
     """A LoRA model's trained tensors without a frozen tied weight under its second name (the head of a model
     whose head is its embedding): ``ignore_frozen_params`` knows parameters by their first name only."""
-    if all(p.requires_grad for p in model.parameters()):
+    if not _has_frozen(model):
         return state
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
     return {k: v for k, v in state.items() if k in trained}
@@ -161,15 +166,16 @@ class Parallel:
         return self.gather_rows(fn(self.local_rows(tokens)))
 
     def gather_batch(self, traj: TensorDictBase) -> TensorDictBase:
-        """The global step batch ``[B, K]`` from every rank's ``[B / W, K_r]``: steps past an episode's end repeat
-        its last entry with ``done`` set (the collector's own padding), up to the longest rank's ``K``."""
+        """The global step batch ``[B, K]`` from every rank's ``[B / W, K_r]``, padded to the longest rank's ``K``
+        by repeating each row's last entry (``done`` set: estimators and metrics mask it)."""
         if not self.enabled:
             return traj
+        from pure_rl.rollout import PadSteps
+
         parts = [None] * self.world
         dist.all_gather_object(parts, traj.cpu())
-        k = max(p.shape[1] for p in parts)
-        padded = [torch.cat([p] + [p[:, -1:]] * (k - p.shape[1]), dim=1) if p.shape[1] < k else p for p in parts]
-        return torch.cat(padded, dim=0).to(traj.device)
+        pad = PadSteps(max(p.shape[1] for p in parts))
+        return torch.cat([pad(p) for p in parts], dim=0).to(traj.device)
 
     # --- reductions ---------------------------------------------------------------------------------------------
 
@@ -288,8 +294,7 @@ class Parallel:
         state = {"model": _without_frozen_aliases(model, model_state), "optimizer": optim_state}
         dcp.load(state, checkpoint_id=folder)
         # DCP loaded every trained tensor or failed; strict=False lets the frozen tied alias stay out.
-        frozen = not all(p.requires_grad for p in model.parameters())
-        options = _trained_only(strict=not frozen)
+        options = _trained_only(strict=not _has_frozen(model))
         model_state, optim_state = state["model"], state["optimizer"]
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=options)
 

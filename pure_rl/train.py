@@ -10,10 +10,7 @@ generation engine -> metrics, samples, evaluation, checkpoint. Every hyperparame
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
-import random
 import signal
 import sys
 import threading
@@ -31,11 +28,9 @@ from pure_rl.config import (
     RunConfig,
     config_to_dict,
     describe,
-    flat_config,
     load_config,
     precision_warnings,
     save_config,
-    shared_prompt_pass,
 )
 from pure_rl.run_dir import RunDirError, RunLock, claim_new_run, record_changes, resume_config
 
@@ -102,12 +97,6 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     run_dir = Path(args.run_dir or cfg.log.run_dir.format(name=cfg.log.name))
     return cfg, run_dir
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -216,11 +205,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
     # Heavy imports after the config is validated: a typo never waits for torch models to load.
     from tqdm import tqdm
 
-    from agents import make_policy, make_reference_model
-    from agents.lora import AdaptersDisabled, adapter_state, apply_lora, load_adapter_state
-    from agents.policy import engine_dtype
-    from envs import make_env
-    from pure_rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from pure_rl.build import build_training
     from pure_rl.group_filter import fill_batch
     from pure_rl.loggers import make_loggers
     from pure_rl.metrics import (
@@ -230,152 +215,29 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
         separator_token_ids,
         token_metrics,
     )
-    from pure_rl.objectives.loss import StepTokenPPOLoss
-    from pure_rl.plots import plot_run, read_metrics, truncate_metrics
+    from pure_rl.plots import plot_run, read_metrics
     from pure_rl.rollout import make_collector
-    from pure_rl.update import (
-        add_credit,
-        compute_dtype,
-        grad_scaler,
-        lr_scheduler,
-        make_estimator,
-        policy_token_batch,
-        ppo_update,
-        restore_lr_scheduler,
-        trainable_parameters,
-    )
-    from pure_rl.warmup import warmed_up_model
+    from pure_rl.update import add_credit, policy_token_batch, ppo_update
 
     t_setup = time.perf_counter()
-    # RL starts from the warmed-up model when cfg.warmup asks for one (cached after the first run); the
-    # reference policy of the KL term is that same starting point. Seeding comes after it, so a run that
-    # builds the warm-up and one that finds it cached draw the same random numbers.
-    start_model = par.main_first(warmed_up_model, cfg)  # rank 0 builds a missing warm-up; the rest find it cached
-    record_cfg, cfg = cfg, par.on_this_rank(cfg)  # checkpoints record the config as given (device "cuda", not "cuda:3")
-    seed_everything(cfg.train.seed)
-
-    # --- environment, policy, loss, optimiser -------------------------------------------------------------
-    shard = (par.rank, par.world)  # this rank's groups of each global batch
-    if env is None:
-        env = make_env(cfg, prm=prm, verifier=verifier, shard=shard)
-    if eval_env is None and cfg.train.eval_every:
-        eval_env = make_env(cfg, split="eval", prm=env.prm, verifier=env.verifier, shard=shard)
-    sampled_eval_env = None
-    if eval_env is not None and cfg.train.eval_samples:
-        n = cfg.train.eval_samples
-        sampled_eval_env = make_env(
-            cfg,
-            split="eval",
-            batch_size=eval_env.batch_size[0] * n,
-            group_size=n,
-            prm=env.prm,
-            verifier=env.verifier,
-            shard=shard,
-        )
-    for warning in precision_warnings(cfg):
-        print(f"warning: {warning}")
-    # With rollouts on Ray the workers hold the generation engines; the trainer's own policy (evaluation, the
-    # update) generates with the transformers backend on the trained module.
-    remote = cfg.train.ray_rollout_workers > 0
-    trainer_cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, backend="transformers"))
-    policy = make_policy(trainer_cfg if remote else cfg, model_name=start_model)
-    model, tokenizer = policy.model, policy.tokenizer
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = cfg.lora.rank > 0
-    if lora:
-        # Adapters go into the base model's own modules: the generation backend runs them too.
-        model = policy.model = apply_lora(
-            model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules
-        )
-    if par.enabled and cfg.policy.backend == "vllm":
-        par.at_close(policy.backend.shutdown)  # vLLM's shutdown ends the process group its engine joined
-    elif par.enabled:
-        # Generation runs on a full copy (a sharded forward is a collective, and ranks generate different numbers
-        # of tokens), as vLLM's engine is one; the weight sync fills it from the shards tensor by tensor.
-        policy.backend.model = par.generation_copy(model, getattr(torch, engine_dtype(cfg.policy)))
-    if cfg.algo.kl_coef == 0:
-        reference = None
-    elif lora:
-        reference = AdaptersDisabled(model)  # the base weights are the reference: no second copy
-    else:
-        # The starting weights loaded again, under mixed precision straight into the compute dtype (the frozen
-        # reference is only ever run in it): never a float32 copy of the policy.
-        reference = make_reference_model(
-            start_model, dtype=compute_dtype(cfg) or getattr(torch, cfg.policy.dtype), device=cfg.policy.device
-        )
-        if cfg.train.parallel == "fsdp":  # already in the compute dtype: sharded as it is
-            reference = par.shard(reference)
-    par.shard(model.get_base_model() if lora else model, compute_dtype(cfg))  # FSDP2 in place (train.parallel)
-    loss_module = StepTokenPPOLoss(
-        model,
-        clip_epsilon=cfg.algo.clip_epsilon,
-        entropy_coef=cfg.algo.entropy_coef,
-        kl_coef=cfg.algo.kl_coef,
-        kl_estimator=cfg.algo.kl_estimator,
-        critic_coef=cfg.algo.critic_coef,
-        aggregation=cfg.algo.loss_aggregation,
-        max_tokens=cfg.env.max_tokens,
-        clip_epsilon_high=cfg.algo.clip_epsilon_high,
-        clip_ratio_c=cfg.algo.clip_ratio_c,
-        log_prob_fn=functools.partial(
-            log_probs_with_entropy,
-            shared_prompt_pass=shared_prompt_pass(cfg),
-            chunk_tokens=cfg.train.logit_chunk_tokens,
-        ),
+    run = build_training(cfg, run_dir, resume, par, env=env, eval_env=eval_env, prm=prm, verifier=verifier)
+    cfg, env, eval_env, sampled_eval_env = run.cfg, run.env, run.eval_env, run.sampled_eval_env
+    policy, model, tokenizer, reference = run.policy, run.model, run.tokenizer, run.reference
+    loss_module, estimator, optimizer, scheduler, scaler = (
+        run.loss_module,
+        run.estimator,
+        run.optimizer,
+        run.scheduler,
+        run.scaler,
     )
-    estimator = make_estimator(loss_module, cfg)
-    if par.enabled and loss_module.critic is not None:
-        raise ConfigError(
-            f"train.parallel={cfg.train.parallel} with algo.estimator={cfg.algo.estimator}: its learned critic is not "
-            "sharded yet; choose an estimator without a critic, or train.parallel=none"
-        )
-    optimizer = torch.optim.AdamW(
-        trainable_parameters(loss_module), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
-    scheduler = lr_scheduler(optimizer, cfg, env.batch_size[0])
-    scaler = grad_scaler(cfg)
-    sampler = getattr(policy.backend, "generator", None)
-
-    # --- logging and resume -------------------------------------------------------------------------------
+    sampler, start, start_model = run.sampler, run.start, run.start_model
     loggers = par.main_only_loggers(make_loggers, cfg, run_dir)
     scalars_dir = run_dir / "logs" / "scalars"
-    start = 0
-    if resume:
-        ckpt = par.broadcast(load_checkpoint(run_dir) if par.is_main else None)  # rank 0 checks the digests
-        if par.enabled != ("shards" in ckpt):
-            raise CheckpointError(
-                f"{run_dir}'s checkpoint was written by a run with "
-                f"{'several processes' if 'shards' in ckpt else 'train.parallel=none'}: resume it the same way "
-                "(python -m pure_rl.export turns either into a model folder)"
-            )
-        if par.enabled:
-            par.load_sharded(run_dir / ckpt["shards"], model, optimizer)
-        elif lora:
-            load_adapter_state(model, ckpt["model"])
-        else:
-            model.load_state_dict(ckpt["model"])
-        if loss_module.critic is not None:
-            loss_module.critic.load_state_dict(ckpt["critic"])
-        if not par.enabled:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        restore_lr_scheduler(scheduler, ckpt["extra"]["scheduler"])
-        if scaler is not None:
-            scaler.load_state_dict(ckpt["extra"]["scaler"])
-        env.load_state_dict(ckpt["env"]["train"])
-        if eval_env is not None and "eval" in ckpt["env"]:
-            eval_env.load_state_dict(ckpt["env"]["eval"])
-        set_rng_state(ckpt["rng"], sampler)
-        start = ckpt["iteration"]
-        if par.is_main:
-            truncate_metrics(scalars_dir, start)  # rows after the checkpoint are logged again
-        policy.sync_weights()
-        par.print(f"resumed {run_dir} after iteration {start}")
 
     # A TorchRL collector: one grouped batch of fresh episodes per step of its iterator (built after a resume, at
     # the restored data position); with train.ray_rollout_workers, TorchRL's RayCollector over workers that start
     # from the trainer's weights.
-    if remote:
+    if cfg.train.ray_rollout_workers:
         from pure_rl.ray_rollout import make_ray_collector  # imports Ray
 
         collector = make_ray_collector(cfg, env, start_model)
@@ -385,28 +247,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
     batches = iter(collector)
 
     def checkpoint(done_iterations: int) -> None:
-        envs_state = {"train": collector.env_state()}
-        if eval_env is not None:
-            envs_state["eval"] = eval_env.state_dict()
-        # Several processes: every rank writes its shards, then rank 0 the rest and the record naming them.
-        shards = par.save_sharded(run_dir, done_iterations, model, optimizer) if par.enabled else None
-        if par.is_main:
-            save_checkpoint(
-                run_dir,
-                iteration=done_iterations,
-                model_state=None if shards else adapter_state(model) if lora else model.state_dict(),
-                optimizer=None if shards else optimizer,
-                env_state=envs_state,
-                rng=rng_state(sampler),
-                config=flat_config(record_cfg),
-                critic=loss_module.critic,
-                extra={
-                    "scheduler": scheduler.state_dict(),
-                    **({"scaler": scaler.state_dict()} if scaler is not None else {}),
-                },
-                shards=shards,
-            )
-        par.barrier()  # no rank goes on (or exits) before the checkpoint is whole
+        run.save_checkpoint(run_dir, par, done_iterations, collector.env_state())
 
     stop = {"requested": False}
 
@@ -560,15 +401,6 @@ def held_out_metrics(eval_env, sampled_env, policy, sampler: torch.Generator | N
     if par is None or par.is_main:
         tqdm.write(f"{line} ({eval_env.batch_size[0] * world} problems)")
     return metrics
-
-
-def log_probs_with_entropy(model, tokens, with_entropy: bool, *, shared_prompt_pass: bool, chunk_tokens: int = 0):
-    """The loss's forward pass (``StepTokenPPOLoss.log_prob_fn``): :func:`agents.log_probs.sequence_log_probs`."""
-    from agents.log_probs import sequence_log_probs
-
-    return sequence_log_probs(
-        model, tokens, shared_prompt_pass=shared_prompt_pass, with_entropy=with_entropy, chunk_tokens=chunk_tokens
-    )
 
 
 def print_sample(traj, step: int) -> None:

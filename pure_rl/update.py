@@ -340,5 +340,6 @@ def ppo_update(
             stats["grad_norm"] += grad_norm.item() / steps
     loss_module.model.eval()
     if parallel is not None:
-        stats = parallel.sum(stats, ("loss", "loss_objective", "entropy", "clip_fraction", "kl"))
+        # Each rank's part of the per-token statistics; the gradient norm and lr are the same on every rank.
+        stats = parallel.sum(stats, [k for k in STAT_KEYS if k not in ("grad_norm", "lr")])
     return stats

@@ -11,10 +11,10 @@ import torch
 from agents import make_policy
 from agents.log_probs import batch_log_probs
 from envs import make_env
+from pure_rl.build import log_probs_with_entropy
 from pure_rl.objectives.loss import StepTokenPPOLoss
 from pure_rl.rollout import collect
 from pure_rl.token_batch import valid_step_mask
-from pure_rl.train import log_probs_with_entropy
 from pure_rl.update import policy_token_batch, ppo_update
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

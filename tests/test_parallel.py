@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from envs.tasks import ArithmeticTask, ProblemStream
-from pure_rl.checkpoint import CheckpointError, checkpoint_record
+from pure_rl.checkpoint import CheckpointError, checkpoint_record, checkpoint_shards
 from pure_rl.plots import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,11 +159,11 @@ def test_a_one_process_run_resumes_on_two_processes(one_process_run, tmp_path):
 
 
 def saved_model_tensors(run_dir: Path) -> list[str]:
-    """The model tensors the newest shard folder of ``run_dir`` holds (from DCP's metadata)."""
+    """The model tensors the shard folder of ``run_dir``'s checkpoint holds (from DCP's metadata)."""
     import torch.distributed.checkpoint as dcp
 
-    newest = max(run_dir.glob("checkpoint.shards.*"), key=lambda f: int(f.suffix[1:]))
-    return [k for k in dcp.FileSystemReader(newest).read_metadata().state_dict_metadata if k.startswith("model.")]
+    shards = checkpoint_shards(run_dir)
+    return [k for k in dcp.FileSystemReader(shards).read_metadata().state_dict_metadata if k.startswith("model.")]
 
 
 def test_lora_adapters_train_under_fsdp_as_on_one_process(one_process_run, tmp_path):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from pure_rl.build import log_probs_with_entropy
 from pure_rl.config import ConfigError, load_config, precision_warnings
 from pure_rl.objectives.loss import StepTokenPPOLoss
-from pure_rl.train import log_probs_with_entropy
 from pure_rl.update import lr_scheduler, ppo_update
 
 TINY = "configs/tiny.yaml"
