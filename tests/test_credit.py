@@ -11,9 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pure_rl.objectives.credit import (
+    clip_rewards,
+    delta_rewards,
     group_leave_one_out_mean,
     group_mean_std,
     min_form_returns,
+    process_returns,
     rloo_token_baseline,
     softmin_weights,
     step_advantages,
@@ -41,6 +44,14 @@ def ref_softmin(r: list[float], t: float) -> list[float]:
 
 def ref_sum(r: list[float], gamma: float) -> list[float]:
     return [sum(gamma ** (j - k) * r[j] for j in range(k, len(r))) for k in range(len(r))]
+
+
+def ref_clip(r: list[float], eta: float) -> list[float]:
+    return ref_sum([min(x - eta, 0.0) for x in r], 1.0)
+
+
+def ref_delta(r: list[float]) -> list[float]:
+    return ref_sum([r[k] - r[k + 1] for k in range(len(r) - 1)] + [0.0] if r else [], 1.0)
 
 
 def ragged(rows: list[list[float]], dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,6 +231,35 @@ def test_filler_steps_farm_sum_but_not_min():
     assert all(b > a for a, b in itertools.pairwise(sums))  # every positive step raises the sum
     assert len(set(mins)) == 1  # a step above the minimum leaves the min unchanged
     assert max(softmins) - min(softmins) < 0.1 and max(softmins) < max(base)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=reward_rows, eta=st.sampled_from([0.0, 0.3, -0.5]))
+def test_gao_clip_and_delta_forms_match_loops(rows, eta):
+    rewards, mask = ragged(rows)
+    clipped = process_returns(rewards, mask, "clip_form", clip_eta=eta)
+    delta = process_returns(rewards, mask, "delta_form")
+    assert torch.all(clipped[~mask] == 0) and torch.all(delta[~mask] == 0)
+    assert torch.all(clip_rewards(rewards, mask, eta) <= 0)
+    for got_c, got_d, r in zip(unpad(clipped, mask), unpad(delta, mask), rows):
+        assert got_c == pytest.approx(ref_clip(r, eta), abs=1e-9)
+        assert got_d == pytest.approx(ref_delta(r), abs=1e-9)
+        # Delta's return from step k telescopes to r_k - r_K.
+        assert got_d == pytest.approx([x - r[-1] for x in r], abs=1e-9)
+
+
+def test_filler_steps_farm_sum_but_neither_clip_nor_delta():
+    # The same farming as above: every form but sum stays bounded however many filler steps are added.
+    base = [0.8, 0.6, 0.9]
+    clip, delta = [], []
+    for n_filler in range(6):
+        r = torch.tensor([base + [0.7] * n_filler])
+        m = torch.ones_like(r, dtype=torch.bool)
+        clip.append(process_returns(r, m, "clip_form", clip_eta=0.0)[0, 0].item())
+        delta.append(process_returns(r, m, "delta_form")[0, 0].item())
+    assert all(c == 0.0 for c in clip)  # every step above eta earns nothing: no step pays
+    assert all(abs(d) <= 2.0 for d in delta) and delta[1:] == pytest.approx([0.8 - 0.7] * 5)
+    assert delta_rewards(torch.tensor([[0.5]]), torch.tensor([[True]])).item() == 0.0  # a lone step earns 0
 
 
 # --- baselines, VR term, whitening -------------------------------------------------------------------------

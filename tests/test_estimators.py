@@ -153,7 +153,7 @@ def test_ppo_loss_default_estimator_is_min_form():
     assert loss.value_estimator.temperature == 0.1
 
 
-@pytest.mark.parametrize("estimator", ["min_form", "sum_form", "instance"])
+@pytest.mark.parametrize("estimator", ["min_form", "sum_form", "clip_form", "delta_form", "instance"])
 def test_ppo_loss_end_to_end_finite_loss_and_gradients(estimator):
     actor = make_actor()
     loss = PUREPPOLoss(actor, critic_network=None, clip_epsilon=0.2)
@@ -170,3 +170,24 @@ def test_ppo_loss_end_to_end_finite_loss_and_gradients(estimator):
     grads = [p.grad for p in actor.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_gao_forms_are_config_choices_with_their_own_keys():
+    # Selected by name with their option (algo.clip_eta, range-checked), built by the run's make_estimator.
+    from pure_rl.config import ConfigError, load_config
+    from pure_rl.objectives.credit import process_returns
+    from pure_rl.objectives.loss import StepTokenPPOLoss
+    from pure_rl.update import make_estimator
+
+    cfg = load_config("configs/tiny.yaml", ["algo.estimator=clip_form", "algo.clip_eta=0.25"])
+    loss = StepTokenPPOLoss(torch.nn.Linear(2, 2), kl_coef=0.0, log_prob_fn=None)
+    estimator = make_estimator(loss, cfg)
+    assert type(estimator).__name__ == "ClipFormEstimator" and estimator.clip_eta == 0.25
+    r = torch.tensor([[0.9, -0.4, 0.7]])
+    m = torch.ones_like(r, dtype=torch.bool)
+    assert process_returns(r, m, "clip_form", clip_eta=0.25)[0].tolist() == pytest.approx([-0.65, -0.65, 0.0])
+    with pytest.raises(ConfigError, match="clip_eta"):
+        load_config("configs/tiny.yaml", ["algo.estimator=clip_form", "algo.clip_eta=2"])
+    assert type(make_estimator(loss, load_config("configs/tiny.yaml", ["algo.estimator=delta_form"]))).__name__ == (
+        "DeltaFormEstimator"
+    )

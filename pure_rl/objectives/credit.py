@@ -29,11 +29,14 @@ from pure_rl.registry import entry, register
 __all__ = [
     "FORMS",
     "CreditBatch",
+    "clip_rewards",
+    "delta_rewards",
     "group_leave_one_out_mean",
     "group_mean_std",
     "last_step_index",
     "min_form_returns",
     "place_at_last_step",
+    "process_returns",
     "rloo_token_baseline",
     "softmin_weights",
     "step_advantages",
@@ -45,8 +48,6 @@ __all__ = [
     "whiten",
     "whiten_nonzero",
 ]
-
-FORMS = ("min_form", "sum_form")
 
 
 def _check_mask(rewards: Tensor, mask: Tensor) -> Tensor:
@@ -129,6 +130,75 @@ def min_form_returns(rewards: Tensor, mask: Tensor, temperature: float | None = 
         return torch.where(mask, returns, torch.zeros_like(rewards))
     weighted = softmin_weights(rewards, mask, temperature) * rewards
     return sum_form_returns(weighted, mask, gamma=1.0)
+
+
+def clip_rewards(rewards: Tensor, mask: Tensor, eta: float = 0.0) -> Tensor:
+    """Gao et al. 2024's Clip refinement (arXiv 2410.15115): ``r_k <- min(r_k - eta, 0)``. Every step's reward is
+    at most 0, so no trajectory gains by adding steps; below ``eta`` a step is still charged by how far below.
+
+    Args:
+        rewards: ``[..., K]`` float step rewards.
+        mask: ``[..., K]`` bool valid-step mask.
+        eta: the threshold (on the PRM's ``[-1, 1]`` scale; 0 is a probability of 0.5).
+
+    Returns:
+        ``[..., K]`` refined rewards, 0 on padding.
+    """
+    mask = _check_mask(rewards, mask)
+    return (rewards - eta).clamp(max=0.0) * mask
+
+
+def delta_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Gao et al. 2024's Delta refinement: ``r_k <- r_k - r_{k+1}`` for every valid step but the last, which
+    gets 0. The sum from step ``k`` telescopes to ``r_k - r_K``: bounded whatever the number of steps.
+
+    Args:
+        rewards: ``[..., K]`` float step rewards.
+        mask: ``[..., K]`` bool valid-step mask (valid steps first).
+
+    Returns:
+        ``[..., K]`` refined rewards, 0 on padding and at each trajectory's last step.
+    """
+    mask = _check_mask(rewards, mask)
+    r = rewards * mask
+    following = torch.cat([r[..., 1:], torch.zeros_like(r[..., :1])], dim=-1)
+    has_following = torch.cat([mask[..., 1:], torch.zeros_like(mask[..., :1])], dim=-1)
+    return torch.where(has_following, r - following, torch.zeros_like(r))
+
+
+def process_returns(
+    rewards: Tensor,
+    mask: Tensor,
+    form: str,
+    *,
+    temperature: float | None = 0.1,
+    gamma: float = 1.0,
+    clip_eta: float = 0.0,
+) -> Tensor:
+    """The process return ``G [..., K]`` of ``rewards`` in credit ``form`` (one of :data:`FORMS`):
+
+    - ``min_form`` (PURE): :func:`min_form_returns` (exact or softmin), discounted through its step rewards when
+      ``gamma < 1`` (the paper has no discount);
+    - ``sum_form``: :func:`sum_form_returns`;
+    - ``clip_form`` and ``delta_form``: the sum of Gao et al.'s refined rewards (:func:`clip_rewards`,
+      :func:`delta_rewards`), the field's other answer to the same hack.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if form == "min_form":
+        returns = min_form_returns(rewards, mask, temperature)
+        if gamma != 1.0:
+            # Min-form has no discount in the paper; discount its step rewards so value targets stay consistent.
+            returns = sum_form_returns(step_rewards_from_returns(returns, mask), mask, gamma)
+        return returns
+    if form == "clip_form":
+        rewards = clip_rewards(rewards, mask, clip_eta)
+    elif form == "delta_form":
+        rewards = delta_rewards(rewards, mask)
+    return sum_form_returns(rewards, mask, gamma)
+
+
+FORMS = ("min_form", "sum_form", "clip_form", "delta_form")
 
 
 def step_rewards_from_returns(returns: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
@@ -437,10 +507,12 @@ def step_advantages(
     whiten_advantages: bool = False,
     extra_rewards: Tensor | None = None,
     boundary_tokens_charged: bool = True,
+    clip_eta: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """The whole of PURE's credit assignment for a step-level batch (docs/spec.md sections 3-5).
 
-    1. Process returns ``G`` of ``rewards`` in the chosen form (min exact/softmin, or sum).
+    1. Process returns ``G`` of ``rewards`` in the chosen form (:func:`process_returns`: min exact/softmin, sum,
+       or sum of Gao et al.'s clipped or delta rewards).
     2. The value target adds the raw VR term ``c_vr (v - 1)`` at the last step (then return-to-go).
     3. Advantages by ``baseline``, a registered name or a function of a :class:`CreditBatch`: ``rloo_token``
        (the reference code's default), ``rloo``, ``grpo``, ``none`` (see each function), or a plug-in's.
@@ -455,7 +527,7 @@ def step_advantages(
         mask: ``[N, K]`` bool valid steps.
         group_ids: ``[N]`` prompt group of each trajectory.
         step_tokens: ``[N, K]`` tokens per step (required by ``rloo_token``).
-        form: ``"min_form"`` or ``"sum_form"``.
+        form: one of :data:`FORMS`.
         temperature: softmin T for ``min_form`` (None or 0: exact min).
         gamma: discount (the paper uses 1).
         baseline: a registered baseline name, or a baseline function.
@@ -465,6 +537,7 @@ def step_advantages(
         whiten_advantages: whiten the advantages over the batch.
         extra_rewards: ``[N, K]`` per-step rewards added outside the credit form, or None.
         boundary_tokens_charged: see :class:`CreditBatch`.
+        clip_eta: the threshold of ``clip_form``.
 
     Returns:
         ``(advantages, value_targets)``, both ``[N, K]`` and 0 on padding.
@@ -472,17 +545,9 @@ def step_advantages(
     mask = _check_mask(rewards, mask)
     if rewards.ndim != 2:
         raise ValueError(f"step_advantages takes rewards [N, K], got shape {tuple(rewards.shape)}")
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     baseline_fn = entry("baseline", baseline).obj if isinstance(baseline, str) else baseline
-    if form == "min_form":
-        process_returns = min_form_returns(rewards, mask, temperature)
-        if gamma != 1.0:
-            # Min-form has no discount in the paper; discount its step rewards so value targets stay consistent.
-            process_returns = sum_form_returns(step_rewards_from_returns(process_returns, mask), mask, gamma)
-    else:
-        process_returns = sum_form_returns(rewards, mask, gamma)
-    d = step_rewards_from_returns(process_returns, mask, gamma)
+    returns = process_returns(rewards, mask, form, temperature=temperature, gamma=gamma, clip_eta=clip_eta)
+    d = step_rewards_from_returns(returns, mask, gamma)
     if extra_rewards is not None:
         d = d + extra_rewards.to(d.dtype) * mask
 
@@ -496,7 +561,7 @@ def step_advantages(
     value_targets = sum_form_returns(d + place_at_last_step(raw_vr, mask), mask, gamma)
     batch = CreditBatch(
         step_rewards=d,
-        process_returns=process_returns,
+        process_returns=returns,
         value_targets=value_targets,
         mask=mask,
         group_ids=group_ids,

@@ -36,14 +36,22 @@ from pure_rl import registry
 from pure_rl.objectives import credit
 from pure_rl.registry import opt
 
-__all__ = ["MinFormEstimator", "MinFormOptions", "StepCreditEstimator", "SumFormEstimator"]
+__all__ = [
+    "ClipFormEstimator",
+    "ClipFormOptions",
+    "DeltaFormEstimator",
+    "MinFormEstimator",
+    "MinFormOptions",
+    "StepCreditEstimator",
+    "SumFormEstimator",
+]
 
 
 class StepCreditEstimator(ValueEstimatorBase):
     """Critic-free step-level credit assignment with group baselines (docs/spec.md sections 3-5).
 
     Keyword Args:
-        form: ``"min_form"`` or ``"sum_form"`` (subclasses fix it).
+        form: one of :data:`pure_rl.objectives.credit.FORMS` (subclasses fix it).
         temperature: softmin temperature for min-form; None or 0 for the exact min. Default 0.1 (the paper).
         gamma: discount; default 1.0 (the paper).
         baseline: a registered baseline name: ``"rloo_token"`` (default, the reference code's), ``"rloo"``,
@@ -52,6 +60,7 @@ class StepCreditEstimator(ValueEstimatorBase):
         whiten: whiten advantages over the batch's valid steps, weighted by tokens per step. Default True.
         charge_boundary_tokens: a per-token baseline charges a step's boundary token too (``n`` tokens; False:
             ``n - 1``, the reference code's count). Default True.
+        clip_eta: ``clip_form``'s threshold (:func:`pure_rl.objectives.credit.clip_rewards`). Default 0.
         value_network: must be None: these forms are critic-free, as the paper is. An estimator with a learned
             critic subclasses ``ValueEstimatorBase`` with its own ``value_network`` (the PPO loss then trains it:
             ``StepTokenPPOLoss.loss_critic``); ``examples/min_form_critic`` is one.
@@ -101,6 +110,7 @@ class StepCreditEstimator(ValueEstimatorBase):
         vr_coef: float = 0.0,
         whiten: bool = True,
         charge_boundary_tokens: bool = True,
+        clip_eta: float = 0.0,
         value_network: torch.nn.Module | None = None,
         differentiable: bool = False,
         device: torch.device | None = None,
@@ -127,6 +137,7 @@ class StepCreditEstimator(ValueEstimatorBase):
         self.vr_coef = vr_coef
         self.whiten = whiten
         self.charge_boundary_tokens = charge_boundary_tokens
+        self.clip_eta = clip_eta
 
     @property
     def in_keys(self) -> list[NestedKey]:
@@ -219,6 +230,7 @@ class StepCreditEstimator(ValueEstimatorBase):
             whiten_advantages=self.whiten,
             extra_rewards=extra,
             boundary_tokens_charged=self.charge_boundary_tokens,
+            clip_eta=self.clip_eta,
         )
         return advantage.reshape(shape).unsqueeze(-1), value_target.reshape(shape).unsqueeze(-1)
 
@@ -262,3 +274,49 @@ class SumFormEstimator(StepCreditEstimator):
         kwargs.pop("form", None)
         kwargs.pop("temperature", None)
         super().__init__(form="sum_form", temperature=None, **kwargs)
+
+
+@dataclass
+class ClipFormOptions:
+    """Clip-form's own config keys (``algo.*``)."""
+
+    clip_eta: float = opt(
+        0.0,
+        "clip_form: each step's process reward becomes min(r - clip_eta, 0) (Gao et al. 2024); on the PRM's [-1, 1] "
+        "scale 0 is a probability of 0.5",
+        check=lambda v: -1 <= v <= 1,
+        allowed="in [-1, 1]",
+    )
+
+
+@registry.register("estimator", "clip_form", options=ClipFormOptions)
+class ClipFormEstimator(StepCreditEstimator):
+    """Gao et al. 2024's Clip (arXiv 2410.15115): sum-form credit of ``min(r_k - eta, 0)``. No step earns more
+    than 0, so adding steps never pays: the field's other bound on the cumulative process reward, beside
+    PURE's min.
+
+    See :class:`StepCreditEstimator` for arguments and keys (``temperature`` is ignored).
+    """
+
+    form = "clip_form"
+
+    def __init__(self, **kwargs):
+        kwargs.pop("form", None)
+        kwargs.pop("temperature", None)
+        super().__init__(form="clip_form", temperature=None, **kwargs)
+
+
+@registry.register("estimator", "delta_form")
+class DeltaFormEstimator(StepCreditEstimator):
+    """Gao et al. 2024's Delta: sum-form credit of ``r_k - r_{k+1}`` (0 at the last step), so the return from
+    step ``k`` is ``r_k - r_K``, bounded whatever the number of steps.
+
+    See :class:`StepCreditEstimator` for arguments and keys (``temperature`` is ignored).
+    """
+
+    form = "delta_form"
+
+    def __init__(self, **kwargs):
+        kwargs.pop("form", None)
+        kwargs.pop("temperature", None)
+        super().__init__(form="delta_form", temperature=None, **kwargs)
