@@ -264,6 +264,7 @@ def make_env(
         group_size=group,
         reward_mode=cfg.env.reward_mode,
         vr_coef=cfg.env.vr_coef,
+        vr_share=cfg.env.vr_share,
         separator=cfg.env.step_separator,
         max_steps=cfg.env.max_steps,
         max_tokens=cfg.env.max_tokens,

@@ -11,7 +11,8 @@ questions; a partial reset must cover whole groups.
 Keys (everything is in the specs; ``check_env_specs`` passes):
 
 - observation: ``question``, ``prompt`` (the question in the prompt template), ``response`` (steps so far,
-  joined), ``reference`` (``""`` when unknown) as text; ``has_reference`` ``[B, 1]`` bool; ``step_count``,
+  joined), ``reference`` (``""`` when unknown) as text; ``has_reference`` ``[B, 1]`` bool, and
+  ``receives_vr`` ``[B, 1]`` bool (it has one and its group's verifiable reward counts: ``vr_share``); ``step_count``,
   ``num_tokens`` (response tokens so far), ``group_id`` ``[B]`` int64; ``prm_reward`` and
   ``verifier_reward`` ``[B, 1]`` (the PRM's score of the last step, and the verifier's 0/1 outcome at the last
   step, 0 before), written separately so metrics and estimators can use them apart from ``reward``.
@@ -32,6 +33,7 @@ batch can be rolled out until every episode has finished (``env.rollout(..., bre
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -80,6 +82,10 @@ class ReasoningStepEnv(EnvBase):
         reward_mode: ``"prm+vr"`` (PRM score, plus ``vr_coef * (v - 1)`` at the last step), ``"prm"`` or
             ``"vr"`` (0 until the last step, then ``v``).
         vr_coef: ``c_vr``.
+        vr_share: the share of prompt groups whose verifiable reward counts in ``prm+vr`` mode (the paper's "just
+            10% verifiable rewards" is 0.1). Each group is drawn once, from the question order's seed and its global
+            position in the question order, so the draw does not depend on batch or rank; the others train on
+            the PRM alone (their answers are still verified for the metrics). Observed as ``receives_vr``.
         separator: step separator text (informational here: the policy ends steps with it).
         max_steps, max_tokens: budgets per response; reaching one truncates the episode.
         prompt_template: ``{question}`` placeholder; the paper's prompt by default.
@@ -108,6 +114,7 @@ class ReasoningStepEnv(EnvBase):
         group_size: int = 1,
         reward_mode: str = "prm+vr",
         vr_coef: float = 1.0,
+        vr_share: float = 1.0,
         separator: str = "\n\n",
         max_steps: int = 16,
         max_tokens: int = 256,
@@ -132,6 +139,9 @@ class ReasoningStepEnv(EnvBase):
         self.group_size = group_size
         self.reward_mode = reward_mode
         self.vr_coef = vr_coef
+        if not 0.0 <= vr_share <= 1.0:
+            raise ValueError(f"vr_share must be in [0, 1], got {vr_share}")
+        self.vr_share = vr_share
         self.separator = separator
         self.max_steps = max_steps
         self.max_tokens = max_tokens
@@ -166,6 +176,7 @@ class ReasoningStepEnv(EnvBase):
             response_token_ids=ids(),
             reference=text(),
             has_reference=flag(),
+            receives_vr=flag(),
             step_count=Bounded(0, self.max_steps, shape=b, dtype=torch.int64, device=self.device),
             num_tokens=Unbounded(shape=b, dtype=torch.int64, device=self.device),
             group_id=Unbounded(shape=b, dtype=torch.int64, device=self.device),
@@ -200,6 +211,7 @@ class ReasoningStepEnv(EnvBase):
                 ),
                 "reference": text_stack([(p.answer or "") if p else "" for p in problems], dev),
                 "has_reference": has_ref.view(b, 1),
+                "receives_vr": (has_ref & self._receives_vr()).view(b, 1),
                 "step_count": self.step_count.clone(),
                 "num_tokens": self.num_tokens.clone(),
                 "group_id": self.group_ids.clone(),
@@ -209,6 +221,14 @@ class ReasoningStepEnv(EnvBase):
             batch_size=self.batch_size,
             device=self.device,
         )
+
+    def _receives_vr(self) -> torch.Tensor:
+        """``[B]`` bool: whether each episode's group is in the ``vr_share`` of groups whose verifiable reward
+        counts (a uniform draw per global group position, seeded)."""
+        if self.vr_share >= 1.0:
+            return torch.ones(self.batch_size[0], dtype=torch.bool)
+        draws = [zlib.crc32(f"{self.stream.seed}:vr:{int(g)}".encode()) / 2**32 for g in self.group_ids.tolist()]
+        return torch.tensor(draws) < self.vr_share
 
     def format_prompt(self, problem: Problem) -> str:
         """The question in the prompt template (the policy applies a chat template on top if configured)."""
@@ -318,7 +338,8 @@ class ReasoningStepEnv(EnvBase):
         elif self.reward_mode == "vr":
             reward = verifier_reward.clone()
         else:
-            reward = prm_reward + torch.where(has_ref, self.vr_coef * (verifier_reward - 1.0), torch.zeros(b))
+            vr = has_ref & self._receives_vr()
+            reward = prm_reward + torch.where(vr, self.vr_coef * (verifier_reward - 1.0), torch.zeros(b))
         reward[~active] = 0.0
         self.finished |= ended
 

@@ -125,6 +125,14 @@ class EnvConfig:
     verifier: str = opt("math", "final-answer checker (a registered verifier)", kind="verifier")
     reward_mode: str = opt("prm+vr", "reward signal (docs/spec.md section 4)", choices=("prm+vr", "prm", "vr"))
     vr_coef: float = opt(1.0, "c_vr: a wrong final answer costs this much", check=non_negative, allowed=">= 0")
+    vr_share: float = opt(
+        1.0,
+        "prm+vr: the share of prompt groups whose verifiable reward counts (the paper's 'just 10% verifiable "
+        "rewards': 0.1), each group drawn once from the run seed and its position in the question order; the "
+        "others train on the PRM alone (their accuracy is still measured)",
+        check=lambda v: 0 < v <= 1,
+        allowed="in (0, 1]",
+    )
     step_separator: str = opt(
         "\n\n", "text that ends a reasoning step", check=lambda v: len(v) > 0, allowed="a non-empty string"
     )
@@ -689,6 +697,11 @@ def _cross_checks(cfg: RunConfig) -> None:
         _parallel_checks(cfg)
     if cfg.train.ray_rollout_workers:
         _ray_checks(cfg)
+    if cfg.env.vr_share < 1 and cfg.env.reward_mode != "prm+vr":
+        raise ConfigError(
+            f"env.vr_share={cfg.env.vr_share} with env.reward_mode={cfg.env.reward_mode}: the share splits groups "
+            "between PRM+VR and the PRM alone, so it needs env.reward_mode=prm+vr (or env.vr_share=1)"
+        )
     baseline = registry.entry("baseline", cfg.algo.baseline)
     if baseline.meta.get("needs_group") and cfg.train.samples_per_prompt < 2:
         raise ConfigError(

@@ -73,6 +73,11 @@ def rollout_metrics(traj: TensorDictBase) -> dict[str, float]:
         "no_boxed_share": sum(last_boxed(r) is None for r in responses) / b,
         "repeated_step_ratio": repeated / max(1, counted),
     }
+    receives_vr = nxt.get("receives_vr", None)
+    if receives_vr is not None:
+        share = value_at_last_step(receives_vr.reshape(traj.shape).float(), mask)
+        if (share < 1).any():  # env.vr_share: the episodes whose verifiable reward counted
+            out["vr_episode_share"] = share.mean().item()
     if has_ref.any():
         out["accuracy"] = correct[has_ref].mean().item()
         outcomes: dict[int, set] = {}  # each group's answers: {True}, {False} or both

@@ -119,6 +119,8 @@ def make_estimator(loss_module, cfg):
     estimator = loss_module.value_estimator
     # Credit assignment reads the PRM score; the verifier term is added by the estimator (docs/spec.md section 4).
     estimator.set_keys(reward="prm_reward")
+    if cfg.env.vr_share < 1:  # the verifier term goes to the groups the env drew into the share only
+        estimator.set_keys(has_reference="receives_vr")
     return estimator
 
 

@@ -254,3 +254,21 @@ def test_ray_rollouts_refuse_what_they_cannot_run(overrides, named):
 
     with pytest.raises(ConfigError, match=named):
         load_config("configs/tiny.yaml", overrides)
+
+
+def test_vr_share_needs_prm_vr_and_points_the_verifier_term_at_the_drawn_groups():
+    import torch
+
+    from pure_rl.config import ConfigError, load_config
+    from pure_rl.objectives.loss import StepTokenPPOLoss
+    from pure_rl.update import make_estimator
+
+    with pytest.raises(ConfigError, match=r"env\.vr_share=0\.1 with env\.reward_mode=prm"):
+        load_config("configs/tiny.yaml", ["env.vr_share=0.1", "env.reward_mode=prm"])
+    with pytest.raises(ConfigError, match="vr_share"):
+        load_config("configs/tiny.yaml", ["env.vr_share=0"])
+    loss = StepTokenPPOLoss(torch.nn.Linear(2, 2), kl_coef=0.0, log_prob_fn=None)
+    estimator = make_estimator(loss, load_config("configs/tiny.yaml", ["env.vr_share=0.1"]))
+    assert estimator.tensor_keys.has_reference == "receives_vr"
+    estimator = make_estimator(loss, load_config("configs/tiny.yaml"))
+    assert estimator.tensor_keys.has_reference == "has_reference"

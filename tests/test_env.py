@@ -291,3 +291,48 @@ def test_rewind_repeats_the_same_questions():
     env.reset()
     env.rewind()
     assert list(env.reset()["question"]) == first
+
+
+def test_vr_share_draws_whole_groups_once_whatever_the_shard():
+    # env.vr_share=0.25: a wrong answer costs c_vr only in the groups drawn into the share; the draw is per
+    # global group position, so one env and two sharded envs draw the same groups, and about a quarter of them.
+    from envs.tasks import ProblemStream
+
+    def flags(env, rounds=8):
+        out = []
+        for _ in range(rounds):
+            td = env.reset()
+            out += [(g, bool(v)) for g, v in zip(td["group_id"].tolist(), td["receives_vr"].reshape(-1).tolist())]
+        return out
+
+    whole = ReasoningStepEnv(
+        ProblemStream(ARITH, seed=3), ArithmeticRulePRM(), batch_size=16, group_size=2, vr_share=0.25, seed=3
+    )
+    shards = [
+        ReasoningStepEnv(
+            ProblemStream(ARITH, seed=3, shard=(r, 2)),
+            ArithmeticRulePRM(),
+            batch_size=8,
+            group_size=2,
+            vr_share=0.25,
+            seed=3,
+        )
+        for r in range(2)
+    ]
+    drawn = dict(flags(whole))
+    for env in shards:
+        for g, v in flags(env):
+            assert drawn[g] == v
+    per_group = {}
+    for g, v in flags(ReasoningStepEnv(ARITH, ArithmeticRulePRM(), batch_size=64, group_size=4, vr_share=0.25)):
+        per_group.setdefault(g, set()).add(v)
+    assert all(len(v) == 1 for v in per_group.values())  # the samples of one prompt agree
+    share = sum(v == {True} for v in per_group.values()) / len(per_group)
+    assert 0.15 < share < 0.35, share
+    # The reward: a wrong final answer costs c_vr in a drawn group only; the PRM score is the same.
+    env = ReasoningStepEnv(ARITH, ArithmeticRulePRM(), batch_size=64, group_size=1, vr_share=0.25)
+    td = env.reset()
+    out = env.step(action(["\\boxed{-12345}"] * 64, eos=[True] * 64))["next"]
+    gets = td["receives_vr"].reshape(-1)
+    assert gets.any() and not gets.all()
+    assert torch.equal(out["reward"].reshape(-1), out["prm_reward"].reshape(-1) - gets.float())
