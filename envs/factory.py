@@ -271,4 +271,5 @@ def make_env(
         prompt_template=cfg.env.prompt_template,
         seed=seed,
         end_at_answer=cfg.env.end_at_answer,
+        eos_on_truncation=cfg.algo.eos_on_truncation,
     )

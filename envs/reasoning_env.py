@@ -95,6 +95,10 @@ class ReasoningStepEnv(EnvBase):
             so a policy that answers and then writes on (a small model often starts a new "Problem: ...")
             is judged by whatever it boxed last. With True the policy is never trained to write EOS after its
             answer, so a model trained so keeps writing past its answer when run with False.
+        eos_on_truncation: the trainer replaces a cut response's last token by EOS (``algo.eos_on_truncation``,
+            the reference code's ``process_sequences``); a PRM that reads token ids (:attr:`~envs.prm.
+            ProcessRewardModel.wants_token_ids`) then gets the cut step without that token, as the reference's
+            PRM input leaves the EOS out. Text PRMs read the step as written.
         restart_groups: what :meth:`maybe_reset` (called by ``step_and_maybe_reset``, so by TorchRL
             collectors) does with finished episodes. False (default): nothing; a finished episode stays done
             until the next reset, so a collector with ``reset_at_each_iter=True`` yields one grouped batch of
@@ -123,6 +127,7 @@ class ReasoningStepEnv(EnvBase):
         device: str | torch.device = "cpu",
         end_at_answer: bool = False,
         restart_groups: bool = False,
+        eos_on_truncation: bool = False,
     ):
         if reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
@@ -148,6 +153,7 @@ class ReasoningStepEnv(EnvBase):
         self.prompt_template = prompt_template
         self.end_at_answer = end_at_answer
         self.restart_groups = restart_groups
+        self.eos_on_truncation = eos_on_truncation
         b = batch_size
         self.problems: list[Problem | None] = [None] * b
         self.steps: list[list[str]] = [[] for _ in range(b)]
@@ -297,12 +303,15 @@ class ReasoningStepEnv(EnvBase):
         t0 = time.perf_counter()
         prm_reward = torch.zeros(b)
         if self.prm is not None and idx:
+            # Cut steps whose last token the trainer turns into EOS: scored without it (never from a plan).
+            cut = set(truncated.nonzero().flatten().tolist()) if self._cuts_for_prm() else set()
             live = []
             for i in idx:
                 k = len(self.steps[i]) - 1
                 plan = self.planned[i]
                 if (
-                    plan is not None
+                    i not in cut
+                    and plan is not None
                     and k < len(plan[0])
                     and (plan[0][k], plan[1][k])
                     == (
@@ -316,7 +325,8 @@ class ReasoningStepEnv(EnvBase):
                     self.planned[i] = None
                     live.append(i)
             if live:
-                prm_reward[live] = torch.tensor([s[-1] for s in self._prm_scores(live)], dtype=torch.float32)
+                scores = self._prm_scores(live, cut)
+                prm_reward[live] = torch.tensor([s[-1] for s in scores], dtype=torch.float32)
         verifier_reward = torch.zeros(b)
         has_ref = torch.zeros(b, dtype=torch.bool)
         for i in ended.nonzero().flatten().tolist():
@@ -353,13 +363,23 @@ class ReasoningStepEnv(EnvBase):
         out.set("truncated", (done.view(b) & ~self.terminated).view(b, 1))
         return out
 
-    def _prm_scores(self, rows: list[int]) -> list[list[float]]:
-        """The PRM's scores of every step so far of each row in ``rows``."""
+    def _cuts_for_prm(self) -> bool:
+        return self.eos_on_truncation and self.prm is not None and self.prm.wants_token_ids
+
+    def _prm_scores(self, rows: list[int], cut: set[int] = frozenset()) -> list[list[float]]:
+        """The PRM's scores of every step so far of each row in ``rows``; a row in ``cut`` has its last step's
+        last token left out of a token-reading PRM's input (see ``eos_on_truncation``). A step's tokens before its
+        last are never a boundary (the step would have ended there), so what remains is the reference's input."""
         context = {}
         if self.prm.wants_token_ids:
             context = dict(
                 prompts=[self.format_prompt(self.problems[i]) for i in rows],
-                step_token_ids=[self.step_ids[i] for i in rows],
+                step_token_ids=[
+                    [*self.step_ids[i][:-1], self.step_ids[i][-1][:-1]]
+                    if i in cut and self.step_ids[i]
+                    else self.step_ids[i]
+                    for i in rows
+                ],
             )
         return self.prm([self.problems[i].question for i in rows], [self.steps[i] for i in rows], **context)
 

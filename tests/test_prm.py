@@ -281,3 +281,37 @@ def test_nested_marker_text_cannot_assemble_a_qwen_step_marker(tiny_prm_model, t
     assert "<extra_0>" not in prm.format._unmarked(nested[0])
     _, positions = prm.format.encode(QUESTION, nested)
     assert len(positions) == 3
+
+
+@pytest.mark.parametrize("eos_on_truncation", [True, False])
+def test_a_cut_response_reaches_the_prm_as_the_reference_builds_it(tiny_prm_model, tiny_tokenizer, eos_on_truncation):
+    # The reference overwrites a cut response's last token with EOS and its PRM input leaves EOS out; with
+    # algo.eos_on_truncation the env feeds a token-reading PRM exactly that, else the step as sampled.
+    from envs.reasoning_env import ReasoningStepEnv
+    from envs.tasks import ArithmeticTask
+    from pure_rl.rollout import rollout_responses
+
+    prm = HFTokenClassificationPRM(tiny_prm_model, tiny_tokenizer, layout="pure")
+    response = tiny_tokenizer.encode("".join(STEPS), add_special_tokens=False)  # no EOS
+    budget = len(response) - 2  # cut inside the last step
+    env = ReasoningStepEnv(
+        ArithmeticTask(1),
+        prm,
+        batch_size=1,
+        reward_mode="prm",
+        prompt_template="{question}\n\n",
+        max_tokens=budget,
+        eos_on_truncation=eos_on_truncation,
+    )
+    traj = rollout_responses(env, [response[:budget]], tiny_tokenizer, [tiny_tokenizer.eos_token_id])
+    assert traj.get(("next", "truncated")).reshape(-1)[-1].item()
+    question = traj.get("question").tolist()[0][0]
+    ids = [t.tolist() for t in traj.get("step_token_ids").tolist()[0] if len(t)]
+    as_reference = [*ids[:-1], [*ids[-1][:-1], tiny_tokenizer.eos_token_id]]  # overwritten, then dropped
+    expected = {
+        cut: prm([question], [[""] * len(ids)], prompts=[question + "\n\n"], step_token_ids=[steps])[0][-1]
+        for cut, steps in ((True, as_reference), (False, ids))
+    }
+    assert expected[True] != pytest.approx(expected[False], abs=1e-6), "the cut token must matter to the PRM"
+    got = traj.get(("next", "prm_reward")).reshape(-1)[len(ids) - 1].item()
+    assert got == pytest.approx(expected[eos_on_truncation], abs=1e-6)
