@@ -71,12 +71,21 @@ def test_spec_errors_name_the_key(tmp_path):
         load_spec(bad)
 
 
-@pytest.mark.parametrize("name", ["small", "real"])
+@pytest.mark.parametrize("name", ["small", "real", "aggregation", "learned_prm"])
 def test_shipped_sweeps_resolve_to_valid_run_configs(name):
     spec = load_spec(SWEEPS / f"{name}.yaml")
     for method in spec.methods:
         cfg = load_config(ROOT / spec.config, run_overrides(spec, method, spec.seeds[0], None))
         assert cfg.log.name == f"{spec.name}_{method}"
+
+
+def test_a_method_may_have_its_own_seeds(tmp_path):
+    spec = load_spec(SWEEPS / "learned_prm.yaml")
+    assert spec.method_seeds["min_prm_vr10"] == [0, 1, 2, 3, 4] and spec.seeds == [0, 1, 2]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nconfig: configs/tiny.yaml\nmethods: {a: {}}\nmethod_seeds: {b: [1]}\n")
+    with pytest.raises(ConfigError, match=r"method_seeds names \['b'\]"):
+        load_spec(bad)
 
 
 def test_a_run_folder_of_another_config_is_refused(tmp_path):

@@ -69,6 +69,7 @@ class SweepSpec:
     config: str  # base run config, relative to the repository root
     methods: dict[str, dict]  # method name -> dotted overrides ({} = the base config as is)
     seeds: list[int] = field(default_factory=lambda: [0])  # train.seed of each run
+    method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method's own seeds, instead of `seeds`
     overrides: dict = field(default_factory=dict)  # dotted overrides applied to every run
     warmup: dict | None = None  # tiny-model warm-up: hidden_size, layers, steps, batch_size, lr, seed
     reference: str | None = None  # the method whose final accuracy the table's "reaches" column uses
@@ -93,6 +94,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     spec = SweepSpec(**data)
     if not spec.methods:
         raise ConfigError(f"sweep file {path}: 'methods' must name at least one method")
+    strays = set(spec.method_seeds) - set(spec.methods)
+    if strays:
+        raise ConfigError(f"sweep file {path}: method_seeds names {sorted(strays)}, not methods of this sweep")
     if spec.reference is not None and spec.reference not in spec.methods:
         raise ConfigError(f"sweep file {path}: reference '{spec.reference}' is not one of {list(spec.methods)}")
     return spec
@@ -207,7 +211,7 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
         model_dir = build_warm_model(spec, out, threads=os.cpu_count() or 1)
     runs = []
     for method in spec.methods:
-        for seed in spec.seeds:
+        for seed in spec.method_seeds.get(method, spec.seeds):
             overrides = run_overrides(spec, method, seed, model_dir)
             cfg = load_config(REPO_ROOT / spec.config, overrides)
             run_dir = out / method / f"seed{seed}"
@@ -222,7 +226,8 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
         print(f"WARNING: {len(todo)} runs are not finished; the report covers the iterations logged so far")
         todo = []
     print(
-        f"sweep {spec.name}: {len(runs)} runs ({len(spec.methods)} methods x {len(spec.seeds)} seeds), "
+        f"sweep {spec.name}: {len(runs)} runs ({len(spec.methods)} methods, {len(spec.seeds)} seeds each unless "
+        f"method_seeds says otherwise), "
         f"{len(todo)} to run, {jobs} at a time with {threads} threads each -> {out}"
     )
     wall = {}
