@@ -4,6 +4,8 @@ python -m pure_rl.prm label    --config configs/prm/tiny.yaml --out runs/prm/lab
 python -m pure_rl.prm train    --config configs/prm/tiny.yaml --labels runs/prm/labels.jsonl --out runs/prm/model
 python -m pure_rl.prm convert  --format prm800k phase2_train.jsonl --out prm800k.jsonl
 python -m pure_rl.prm evaluate --prm runs/prm/model --labels heldout.jsonl
+python -m pure_rl.prm probe    --config configs/prm/tiny.yaml --labels runs/prm/labels.jsonl \
+    env.prm=hf env.prm_model=runs/prm/model
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ def main(argv: list[str] | None = None) -> dict:
     ev.add_argument("--prm", required=True, help="the PRM folder")
     ev.add_argument("--labels", nargs="+", required=True)
     ev.add_argument("--layout", default="pure_text", choices=("pure_text", "qwen"))
-    for sp in (lab, tr):
+    probe = sub.add_parser(
+        "probe", help="what the config's PRM (env.prm) pays for filler, restatements, repeats, answers, empty steps"
+    )
+    probe.add_argument("--config", required=True)
+    probe.add_argument("--labels", nargs="+", required=True, help="labelled solutions; their held-out split is probed")
+    for sp in (lab, tr, probe):
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prm.steps=100")
     args = p.parse_args(argv)
     try:
@@ -61,6 +68,16 @@ def main(argv: list[str] | None = None) -> dict:
             rows = read_step_labels(args.labels or cfg.prm.data)
             result = train_prm(cfg, rows, args.out, resume=args.resume, overwrite=args.overwrite)
             result["use_it"] = f"env.prm=hf env.prm_model={args.out} env.prm_layout={cfg.prm.layout}"
+        elif args.command == "probe":
+            from envs.factory import make_prm
+            from pure_rl.prm.hackability import format_table, hackability_table
+            from pure_rl.prm.labels import read_step_labels
+            from pure_rl.prm.trainer import split_by_problem
+
+            cfg = _config(args)
+            _, held = split_by_problem(read_step_labels(args.labels), cfg.prm.heldout_share, cfg.train.seed)
+            result = hackability_table(make_prm(cfg), held, cfg.env.step_separator)
+            print(format_table(result))
         elif args.command == "convert":
             from pure_rl.prm.labels import convert_file
 
