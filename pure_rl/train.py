@@ -172,6 +172,13 @@ def train(
     """
     from pure_rl.parallel import setup_parallel
 
+    if cfg.train.ray_rollout_workers and any(x is not None for x in (env, eval_env, prm, verifier)):
+        # The workers build their envs from the config: objects made here would silently not reach them.
+        raise ConfigError(
+            "train.ray_rollout_workers: the Ray workers build the configured env, PRM and verifier, so objects "
+            "passed to train() by hand would not reach them; register them as plug-ins (the config's plugins: "
+            "key) and select them by name, or set train.ray_rollout_workers=0"
+        )
     par = parallel or setup_parallel(cfg)
     try:
         refuse_if_it_cannot_fit(cfg, run_dir, par.world)

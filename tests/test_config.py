@@ -272,3 +272,14 @@ def test_vr_share_needs_prm_vr_and_points_the_verifier_term_at_the_drawn_groups(
     assert estimator.tensor_keys.has_reference == "receives_vr"
     estimator = make_estimator(loss, load_config("configs/tiny.yaml"))
     assert estimator.tensor_keys.has_reference == "has_reference"
+
+
+def test_ray_rollouts_refuse_hand_made_envs_they_could_not_reach(tmp_path):
+    from envs.rule_prm import ArithmeticRulePRM
+    from pure_rl.config import ConfigError, load_config
+    from pure_rl.train import train
+
+    cfg = load_config("configs/tiny.yaml", ["train.ray_rollout_workers=2"])
+    with pytest.raises(ConfigError, match="plug-ins"):
+        train(cfg, tmp_path / "run", prm=ArithmeticRulePRM())
+    assert not (tmp_path / "run").exists()  # refused before the run folder is claimed
