@@ -261,19 +261,23 @@ class MinFormEstimator(StepCreditEstimator):
         super().__init__(form="min_form", **kwargs)
 
 
+class _SumOfStepRewards(StepCreditEstimator):
+    """A sum-form credit of (possibly refined) step rewards: its form is the class's, and it has no temperature."""
+
+    def __init__(self, **kwargs):
+        kwargs.pop("form", None)
+        kwargs.pop("temperature", None)
+        super().__init__(form=self.form, temperature=None, **kwargs)
+
+
 @registry.register("estimator", "sum_form")
-class SumFormEstimator(StepCreditEstimator):
+class SumFormEstimator(_SumOfStepRewards):
     """Canonical sum-form credit ``G_k = sum_{j>=k} gamma^(j-k) r_j``: the baseline PURE is compared with.
 
     See :class:`StepCreditEstimator` for arguments and keys (``temperature`` is ignored).
     """
 
     form = "sum_form"
-
-    def __init__(self, **kwargs):
-        kwargs.pop("form", None)
-        kwargs.pop("temperature", None)
-        super().__init__(form="sum_form", temperature=None, **kwargs)
 
 
 @dataclass
@@ -290,7 +294,7 @@ class ClipFormOptions:
 
 
 @registry.register("estimator", "clip_form", options=ClipFormOptions)
-class ClipFormEstimator(StepCreditEstimator):
+class ClipFormEstimator(_SumOfStepRewards):
     """Gao et al. 2024's Clip (arXiv 2410.15115): sum-form credit of ``min(r_k - eta, 0)``. No step earns more
     than 0, so adding steps never pays: the field's other bound on the cumulative process reward, beside
     PURE's min.
@@ -300,14 +304,9 @@ class ClipFormEstimator(StepCreditEstimator):
 
     form = "clip_form"
 
-    def __init__(self, **kwargs):
-        kwargs.pop("form", None)
-        kwargs.pop("temperature", None)
-        super().__init__(form="clip_form", temperature=None, **kwargs)
-
 
 @registry.register("estimator", "delta_form")
-class DeltaFormEstimator(StepCreditEstimator):
+class DeltaFormEstimator(_SumOfStepRewards):
     """Gao et al. 2024's Delta: sum-form credit of ``r_k - r_{k+1}`` (0 at the last step), so the return from
     step ``k`` is ``r_k - r_K``, bounded whatever the number of steps.
 
@@ -315,8 +314,3 @@ class DeltaFormEstimator(StepCreditEstimator):
     """
 
     form = "delta_form"
-
-    def __init__(self, **kwargs):
-        kwargs.pop("form", None)
-        kwargs.pop("temperature", None)
-        super().__init__(form="delta_form", temperature=None, **kwargs)
