@@ -33,6 +33,7 @@ from pure_rl.config import (
     save_config,
 )
 from pure_rl.run_dir import RunDirError, RunLock, claim_new_run, record_changes, resume_config
+from pure_rl.startup import import_torchrl_without_vllm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,7 +100,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     return cfg, run_dir
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
+    """The command line; ``own_process``: this process runs this one job and nothing after it."""
     args = parse_args(argv)
     if args.list_keys:
         print("\n".join(describe()))
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
             "config error: --device-memory and --world-size go with --dry-run (a run reads its devices' memory and "
             "its number of processes itself)"
         )
+    if own_process and cfg.policy.backend != "vllm":
+        import_torchrl_without_vllm()
     from pure_rl.parallel import setup_parallel
 
     try:
@@ -475,4 +479,4 @@ def format_summary(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(own_process=True)

