@@ -130,7 +130,8 @@ def run_best_of_n(cfg, policy, problems: int, args, config: str) -> dict:
     return {**{str(n): row for n, row in table.items()}, "within_problem_accuracy": pairs}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
+    """The command line; ``own_process``: this process runs this one command and nothing after it."""
     from agents import make_policy
     from envs import make_env
     from pure_rl.checkpoint import load_checkpoint
@@ -183,6 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(config, args.overrides)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    if own_process and cfg.policy.backend != "vllm":
+        from pure_rl.startup import import_torchrl_without_vllm
+
+        import_torchrl_without_vllm()
     benchmarks = None
     if args.benchmarks:
         from envs.datasets import PRESETS
@@ -225,4 +230,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(own_process=True)

@@ -1,4 +1,4 @@
-"""What a command-line process does before its heavy imports.
+"""What a command-line process (train, evaluate, prm) does before its heavy imports.
 
 TorchRL's LLM modules import vLLM at module level whenever vLLM is installed, and ``torchrl.collectors`` imports
 them: on CPU that is about 8 of the 15 seconds it takes to import the collectors, paid by every run, torchrun

@@ -72,11 +72,14 @@ def test_spec_errors_name_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["small", "real", "aggregation", "learned_prm"])
-def test_shipped_sweeps_resolve_to_valid_run_configs(name):
+def test_shipped_sweeps_resolve_to_valid_run_configs(name, tmp_path):
     spec = load_spec(SWEEPS / f"{name}.yaml")
+    prm_dir = tmp_path / "prm" / "model" if spec.prm is not None else None
     for method in spec.methods:
-        cfg = load_config(ROOT / spec.config, run_overrides(spec, method, spec.seeds[0], None))
+        cfg = load_config(ROOT / spec.config, run_overrides(spec, method, spec.seeds[0], None, prm_dir))
         assert cfg.log.name == f"{spec.name}_{method}"
+        if spec.prm is not None and cfg.env.prm == "hf":
+            assert cfg.env.prm_model == str(prm_dir)  # the PRM the sweep builds, never a hand-made one
 
 
 def test_a_method_may_have_its_own_seeds(tmp_path):
@@ -152,3 +155,62 @@ def test_run_plot_of_a_long_run_overlays_the_trailing_mean(tmp_path, monkeypatch
     (scalars / "accuracy.csv").write_text("".join(f"{i},{(i % 3) / 2}\n" for i in range(1, 9)))
     plots.plot_run(scalars, tmp_path / "short.png", window=5)
     assert calls == [5]  # 8 points: raw curve only
+
+
+@pytest.mark.slow
+def test_a_sweep_builds_its_learned_prm_from_its_starting_policy_then_trains_against_it(tmp_path):
+    """The one-command study: warm-up, Monte-Carlo labels from the warmed-up policy, the trained PRM, its best-of-N
+    and hackability measurements, then the runs against that PRM; a second call re-runs nothing."""
+    spec_file = tmp_path / "prm_sweep.yaml"
+    spec_file.write_text(
+        "name: prm_stage\nconfig: configs/tiny.yaml\n"
+        "warmup: {hidden_size: 32, layers: 1, steps: 3, batch_size: 4, lr: 3.0e-3, seed: 0}\n"
+        "prm: {config: configs/prm/tiny.yaml, best_of: 2, problems: 3}\n"
+        "overrides: {env.prm: hf, env.prm_layout: pure_text, train.iterations: 2, train.eval_every: 0}\n"
+        "methods: {min_prm_vr: {env.reward_mode: prm+vr}}\n"
+    )
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "pure_rl.experiments.sweep", str(spec_file), "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    prm = out / "prm"
+    meta = json.loads((prm / "labels.jsonl.meta.json").read_text())
+    assert meta["key"]["model"] == str((out / "warmup" / "model").resolve())  # labelled by the sweep's own policy
+    trained = json.loads((prm / "model" / "prm_train.json").read_text())
+    assert trained["steps"] == 12 and "step_auc" in trained["heldout_after"]  # nan where one class only
+    best_of = json.loads((prm / "best_of_n" / "best_of_n.json").read_text())
+    assert best_of  # written by the evaluate command the stage ran
+    assert {"honest_correct", "filler", "empty"} <= set(json.loads((prm / "hackability.json").read_text()))
+    run_cfg = load_config(out / "min_prm_vr" / "seed0" / "config.yaml")
+    assert run_cfg.env.prm == "hf" and run_cfg.env.prm_model == str((prm / "model").resolve())
+    assert json.loads((out / "results" / "min_prm_vr_seed0.json").read_text())["summary"]["iterations"] == 2
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "prm:" not in again.stdout and "0 to run" in again.stdout  # every stage and run was complete
+
+
+def test_a_sweep_refuses_a_prm_built_with_another_recipe(tmp_path):
+    from pure_rl.config import save_config
+    from pure_rl.experiments.sweep import SweepSpec, build_prm, prm_model_dir
+
+    spec = SweepSpec(name="x", config="configs/tiny.yaml", methods={"a": {}}, prm={"config": "configs/prm/tiny.yaml"})
+    model = prm_model_dir(tmp_path)
+    model.mkdir(parents=True)
+    save_config(load_config(ROOT / "configs" / "prm" / "tiny.yaml", ["prm.lr=0.5"]), model / "config.yaml")
+    with pytest.raises(ConfigError, match=r"another recipe \(prm\.lr: 0\.5 \(there\) vs 0\.001"):
+        build_prm(spec, tmp_path, None, threads=1)
+
+
+@pytest.mark.parametrize(
+    ("prm", "overrides", "error"),
+    [
+        ("{best_of: 4}", "{}", "prm takes config"),
+        ("{config: configs/prm/tiny.yaml, n: 4}", "{}", r"got \['config', 'n'\]"),
+        ("{config: configs/prm/tiny.yaml}", "{env.prm_model: some/prm}", "env.prm_model is the PRM the prm stage"),
+    ],
+)
+def test_a_sweep_file_with_a_bad_prm_stage_is_refused_naming_the_key(tmp_path, prm, overrides, error):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: x\nconfig: configs/tiny.yaml\nmethods: {{a: {{}}}}\nprm: {prm}\noverrides: {overrides}\n")
+    with pytest.raises(ConfigError, match=error):
+        load_spec(bad)

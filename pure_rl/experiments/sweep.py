@@ -72,6 +72,7 @@ class SweepSpec:
     method_seeds: dict[str, list[int]] = field(default_factory=dict)  # a method's own seeds, instead of `seeds`
     overrides: dict = field(default_factory=dict)  # dotted overrides applied to every run
     warmup: dict | None = None  # tiny-model warm-up: hidden_size, layers, steps, batch_size, lr, seed
+    prm: dict | None = None  # a learned PRM built first: config (a PRM recipe), best_of, problems (see build_prm)
     reference: str | None = None  # the method whose final accuracy the table's "reaches" column uses
     smooth: int = 10  # moving-average window (iterations) for the figure and the table
     jobs: int = 1  # runs at once
@@ -97,14 +98,30 @@ def load_spec(path: str | Path) -> SweepSpec:
     strays = set(spec.method_seeds) - set(spec.methods)
     if strays:
         raise ConfigError(f"sweep file {path}: method_seeds names {sorted(strays)}, not methods of this sweep")
+    if spec.prm is not None:
+        unknown = set(spec.prm) - {"config", "best_of", "problems"}
+        if unknown or "config" not in spec.prm:
+            raise ConfigError(
+                f"sweep file {path}: prm takes config (a PRM recipe such as configs/prm/study.yaml, required), "
+                f"best_of and problems; got {sorted(spec.prm)}"
+            )
+        if "env.prm_model" in spec.overrides:
+            raise ConfigError(
+                f"sweep file {path}: env.prm_model is the PRM the prm stage builds; remove it from overrides"
+            )
     if spec.reference is not None and spec.reference not in spec.methods:
         raise ConfigError(f"sweep file {path}: reference '{spec.reference}' is not one of {list(spec.methods)}")
     return spec
 
 
-def run_overrides(spec: SweepSpec, method: str, seed: int, model_dir: Path | None) -> list[str]:
-    """The dotted overrides of one run: shared, then the method's, then seed, name and the warmed-up model."""
+def run_overrides(
+    spec: SweepSpec, method: str, seed: int, model_dir: Path | None, prm_dir: Path | None = None
+) -> list[str]:
+    """The dotted overrides of one run: shared, then the method's, then seed, name, the warmed-up model and the
+    learned PRM."""
     values = {**spec.overrides, **(spec.methods[method] or {})}
+    if prm_dir is not None:
+        values["env.prm_model"] = str(prm_dir)
     values["train.seed"] = seed
     values["log.name"] = f"{spec.name}_{method}"
     if model_dir is not None:
@@ -133,7 +150,8 @@ def build_warm_model(spec: SweepSpec, out: Path, threads: int) -> Path:
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    base = load_config(REPO_ROOT / spec.config, run_overrides(spec, next(iter(spec.methods)), 0, None))
+    prm_dir = prm_model_dir(out) if spec.prm is not None else None  # not built yet: only the path is read
+    base = load_config(REPO_ROOT / spec.config, run_overrides(spec, next(iter(spec.methods)), 0, None, prm_dir))
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_causal_lm(
         tokenizer, hidden_size=int(w.get("hidden_size", 64)), layers=int(w.get("layers", 2)), seed=w.get("seed", 0)
@@ -159,6 +177,64 @@ def build_warm_model(spec: SweepSpec, out: Path, threads: int) -> Path:
     return target.resolve()
 
 
+# --- learned PRM -----------------------------------------------------------------------------------------
+
+
+def prm_model_dir(out: Path) -> Path:
+    """Where a sweep's learned PRM is built (see :func:`build_prm`)."""
+    return (out / "prm" / "model").resolve()
+
+
+def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) -> Path:
+    """The sweep's learned PRM, from its starting policy, in ``OUT/prm/``: Monte-Carlo step labels
+    (``labels.jsonl``), the trained PRM (``model/``, its held-out step metrics in ``model/prm_train.json``), then
+    the measurements that say whether it is worth optimising: best-of-N on held-out problems (``best_of_n/``)
+    and what it pays for steps that do no work (``hackability.json``/``.md``).
+
+    Each stage is the ``pure_rl.prm`` / ``pure_rl.evaluate`` command a user would run, skipped when its output
+    is complete and resumed when it was interrupted. The labelling policy is the sweep's warmed-up model itself.
+    """
+    folder = out / "prm"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = str(REPO_ROOT / spec.prm["config"])
+    start = [f"policy.model={model_dir}", "warmup.steps=0"] if model_dir is not None else []
+    labels, model = folder / "labels.jsonl", prm_model_dir(out)
+    recipe = load_config(config, start)
+    use = ["env.prm=hf", f"env.prm_model={model}", f"env.prm_layout={recipe.prm.layout}"]
+    trained = (model / "prm_train.json").is_file()
+    if (model / "config.yaml").is_file():  # the recipe it was (being) trained with: another one is refused
+        have, want = flat_config(load_config(model / "config.yaml")), flat_config(recipe)
+        diff = sorted(f"{k}: {have.get(k)!r} (there) vs {v!r} (sweep)" for k, v in want.items() if have.get(k) != v)
+        if diff:
+            raise ConfigError(
+                f"{model} holds a PRM of another recipe ({'; '.join(diff)}): delete {folder} or use another --out"
+            )
+
+    def stage(name: str, args: list[str], log: str) -> None:
+        t0 = time.perf_counter()
+        print(f"prm: {name} ({folder / log})")
+        launch_command(["-m", *args], folder / log, threads)
+        print(f"prm: {name} done in {time.perf_counter() - t0:.0f}s")
+
+    if not trained:  # a trained PRM's labels were complete (the trainer keeps their digest)
+        # The labeller resumes a file holding the same settings and refuses one made with others.
+        stage("labels", ["pure_rl.prm", "label", "--config", config, "--out", str(labels), *start], "label.log")
+        resume = ["--resume"] if (model / "checkpoint.pt").is_file() else []
+        train = ["pure_rl.prm", "train", "--config", config, "--labels", str(labels), "--out", str(model)]
+        stage("training", [*train, *resume, *start], "train.log")
+    best_of = int(spec.prm.get("best_of", 0))
+    if best_of and not (folder / "best_of_n" / "best_of_n.json").is_file():
+        evaluate = ["pure_rl.evaluate", "--config", config, "--best-of", str(best_of)]
+        evaluate += ["--out", str(folder / "best_of_n")]
+        problems = ["--problems", str(spec.prm["problems"])] if "problems" in spec.prm else []
+        stage(f"best-of-{best_of}", [*evaluate, *problems, *start, *use], "best_of_n.log")
+    if not (folder / "hackability.json").is_file():
+        probe = ["pure_rl.prm", "probe", "--config", config, "--labels", str(labels)]
+        probe += ["--out", str(folder / "hackability")]
+        stage("hackability probe", [*probe, *start, *use], "probe.log")
+    return model
+
+
 # --- runs ------------------------------------------------------------------------------------------------
 
 
@@ -180,17 +256,23 @@ def run_state(run_dir: Path, expected: dict, iterations: int) -> str:
 def launch(run_dir: Path, config: Path, overrides: list[str], state: str, threads: int) -> float:
     """One training run in a subprocess (its output to RUN_DIR/train.log); returns its wall seconds."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pure_rl.train"]
+    args = ["-m", "pure_rl.train"]
     # A run that died before its first checkpoint starts over (its folder holds only its config and logs).
     new = ["--config", str(config), "--run-dir", str(run_dir), "--overwrite"]
-    cmd += ["--resume", str(run_dir)] if state == "resume" else new
-    cmd += overrides if state == "new" else []
+    args += ["--resume", str(run_dir)] if state == "resume" else new
+    args += overrides if state == "new" else []
+    return launch_command(args, run_dir / "train.log", threads)
+
+
+def launch_command(args: list[str], log_path: Path, threads: int) -> float:
+    """``python ARGS`` in a subprocess with ``threads`` threads, its output appended to ``log_path``; returns its
+    wall seconds, raises naming the log if it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    with (run_dir / "train.log").open("a") as log:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("a") as log:
+        proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise RuntimeError(f"run {run_dir} failed (exit {proc.returncode}); see {run_dir / 'train.log'}")
+        raise RuntimeError(f"{' '.join(args[:3])} failed (exit {proc.returncode}); see {log_path}")
     return time.perf_counter() - t0
 
 
@@ -209,10 +291,17 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
             raise ConfigError(f"--report: {out} has no warmed-up model; run the sweep first")
     elif spec.warmup is not None:
         model_dir = build_warm_model(spec, out, threads=os.cpu_count() or 1)
+    prm_dir = None
+    if spec.prm is not None and report_only:
+        prm_dir = prm_model_dir(out)
+        if not (prm_dir / "prm_train.json").is_file():
+            raise ConfigError(f"--report: {out} has no trained PRM; run the sweep first")
+    elif spec.prm is not None:
+        prm_dir = build_prm(spec, out, model_dir, threads=os.cpu_count() or 1)
     runs = []
     for method in spec.methods:
         for seed in spec.method_seeds.get(method, spec.seeds):
-            overrides = run_overrides(spec, method, seed, model_dir)
+            overrides = run_overrides(spec, method, seed, model_dir, prm_dir)
             cfg = load_config(REPO_ROOT / spec.config, overrides)
             run_dir = out / method / f"seed{seed}"
             state = run_state(run_dir, flat_config(cfg), cfg.train.iterations)

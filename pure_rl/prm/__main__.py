@@ -13,18 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _config(args):
     from pure_rl.config import ConfigError, load_config
 
     try:
-        return load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    if args.own_process and cfg.policy.backend != "vllm":
+        from pure_rl.startup import import_torchrl_without_vllm
+
+        import_torchrl_without_vllm()
+    return cfg
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
+    """The command line; ``own_process``: this process runs this one command and nothing after it."""
     from pure_rl.prm.labels import LabelError
 
     p = argparse.ArgumentParser(prog="python -m pure_rl.prm", description=__doc__.splitlines()[0])
@@ -52,9 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     probe.add_argument("--config", required=True)
     probe.add_argument("--labels", nargs="+", required=True, help="labelled solutions; their held-out split is probed")
+    probe.add_argument("--out", default=None, help="also write the table to OUT.json and OUT.md")
     for sp in (lab, tr, probe):
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prm.steps=100")
     args = p.parse_args(argv)
+    args.own_process = own_process
     try:
         if args.command == "label":
             from pure_rl.prm.monte_carlo import label_with_policy
@@ -78,6 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
             _, held = split_by_problem(read_step_labels(args.labels), cfg.prm.heldout_share, cfg.train.seed)
             result = hackability_table(make_prm(cfg), held, cfg.env.step_separator)
             print(format_table(result))
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(f"{args.out}.json").write_text(json.dumps(result, indent=2))
+                Path(f"{args.out}.md").write_text(format_table(result) + "\n")
         elif args.command == "convert":
             from pure_rl.prm.labels import convert_file
 
@@ -101,4 +114,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(own_process=True)
