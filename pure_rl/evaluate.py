@@ -88,6 +88,8 @@ def benchmark_table(results: dict[str, dict]) -> str:
 
 def run_best_of_n(cfg, policy, problems: int, args, config: str) -> dict:
     """Best-of-N over ``problems`` held-out problems with the configured PRM (even when training is VR-only)."""
+    from tqdm import tqdm
+
     from envs import make_env
     from pure_rl.best_of_n import (
         best_of_n,
@@ -102,11 +104,14 @@ def run_best_of_n(cfg, policy, problems: int, args, config: str) -> dict:
     n = args.best_of
     per_batch = max(1, args.best_of_batch // n)  # problems per rollout: bounds the generation's memory
     samples: list[dict] = []
+    bar = tqdm(total=problems, desc=f"best-of-{n}", unit="problem", dynamic_ncols=True)
     for start in range(0, problems, per_batch):
         count = min(per_batch, problems - start)
         env = make_env(cfg, split="eval", batch_size=count * n, group_size=n, prm=prm)
         env.stream.position = start  # the held-out order, continued: every problem once
         samples += sample_scored(env, policy, cfg.policy.rollout_mode)
+        bar.update(count)
+    bar.close()
     table = best_of_n(samples, args.aggregate, args.best_of)
     pairs = within_problem_accuracy(samples, args.aggregate)
     out = args.out or (f"{args.run_dir}/best_of_n" if args.run_dir else "runs/best_of_n")
