@@ -4,6 +4,7 @@ trained PRM used by RL and by best-of-N."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from pure_rl.prm.labels import LabelError, StepLabels, convert_file, read_step_labels, write_step_labels
-from pure_rl.prm.metrics import first_error_f1, prm_metrics, roc_auc, step_accuracy
+from pure_rl.prm.metrics import first_error_f1, prm_metrics, roc_auc, step_accuracy, within_problem_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -569,3 +570,21 @@ def test_prm_training_refuses_a_folder_holding_another_model(tmp_path):
         claim_new_run(folder, overwrite=True, writes=("config.json", "*.safetensors"))
     assert (folder / "model.safetensors").read_bytes() == b"weights"
     claim_new_run(tmp_path / "empty", writes=("config.json", "*.safetensors"))  # a new folder is fine
+
+
+def test_within_problem_pairs_compares_only_solutions_to_the_same_problem():
+    # Problem a: correct min 0.2 beats wrong min -0.3; problem b: correct min -0.5 loses to 0.1 and ties -0.5.
+    scores = [[0.5, 0.2], [0.9, -0.3], [-0.5], [0.1], [-0.5, 0.4], [0.8], [0.9]]
+    correct = [True, False, True, False, False, None, True]
+    problems = ["a", "a", "b", "b", "b", "a", "c"]  # unknown correctness and a lone problem count for nothing
+    assert within_problem_pairs(scores, correct, problems) == pytest.approx((1 + 0 + 0.5) / 3)
+    # A PRM that knows only which problem is easy: pooled over problems it ranks half the pairs right, within
+    # a problem none.
+    easy_and_hard = [[0.9], [0.9], [0.95], [-0.5], [-0.4], [-0.4], [-0.4]]
+    right = [True, True, False, True, False, False, False]
+    assert roc_auc(easy_and_hard, [[float(ok)] for ok in right]) == pytest.approx(0.5)
+    assert within_problem_pairs(easy_and_hard, right, "aaabbbb") == 0.0
+    assert math.isnan(within_problem_pairs([[0.9], [0.9]], [True, True], "aa"))  # no pair to compare
+    metrics = prm_metrics(scores, [[1.0] * len(r) for r in scores], correct=correct, problems=problems)
+    assert metrics["within_problem_pairs"] == pytest.approx(1.5 / 3)
+    assert "within_problem_pairs" not in prm_metrics(scores, [[1.0] * len(r) for r in scores])

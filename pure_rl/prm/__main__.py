@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
             rows = read_step_labels(args.labels)
             prm = HFTokenClassificationPRM(args.prm, layout=args.layout, dtype=torch.float32)
             scores = prm([r.question for r in rows], [r.steps for r in rows])
-            result = prm_metrics(scores, [r.labels for r in rows])
+            correct = [r.extra.get("solution_correct") for r in rows]
+            problems = [r.extra.get("problem_id", r.question) for r in rows]
+            result = prm_metrics(scores, [r.labels for r in rows], correct=correct, problems=problems)
     except LabelError as e:
         sys.exit(f"step labels: {e}")
     print(json.dumps(result, indent=2))

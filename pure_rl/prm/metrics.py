@@ -1,4 +1,4 @@
-"""Held-out PRM metrics: step accuracy, step AUC, and ProcessBench's first-error F1.
+"""Held-out PRM metrics: step accuracy, step AUC, ProcessBench's first-error F1, and within-problem pairs.
 
 Inputs are per solution: its step scores (in ``[-1, 1]``, ``p(correct) - p(wrong)``) and its step labels (hard
 or soft; ``None`` left out). A soft label counts as correct when ``>= 0.5``, a score when ``> threshold``
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["first_error_f1", "prm_metrics", "roc_auc", "step_accuracy"]
+__all__ = ["first_error_f1", "prm_metrics", "roc_auc", "step_accuracy", "within_problem_pairs"]
 
 
 def _flat(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[float | None]]):
@@ -53,13 +53,44 @@ def first_error_f1(scores, labels, threshold: float = 0.0) -> dict[str, float]:
     return {"first_error_accuracy_erroneous": err, "first_error_accuracy_correct": ok, "first_error_f1": f1}
 
 
-def prm_metrics(scores, labels, threshold: float = 0.0) -> dict[str, float]:
-    """Every held-out metric as one dict (``step_accuracy``, ``step_auc``, ``first_error_*``, counts)."""
+def within_problem_pairs(
+    scores: Sequence[Sequence[float]], correct: Sequence[bool | None], problems: Sequence[str]
+) -> float:
+    """Share of (correct, wrong) solution pairs to one problem in which the correct solution's lowest step score
+    is the higher (ties count half): what best-of-N by ``min`` needs. Step AUC pools steps over problems, so a
+    PRM that has learned only which problems are hard scores well there and not here. NaN without such a pair
+    (solutions whose correctness is unknown, ``None``, are left out)."""
+    by_problem: dict[str, tuple[list[float], list[float]]] = {}
+    for row, ok, problem in zip(scores, correct, problems):
+        if ok is None or not row:
+            continue
+        by_problem.setdefault(problem, ([], []))[0 if ok else 1].append(min(row))
+    wins = pairs = 0.0
+    for right, wrong in by_problem.values():
+        if right and wrong:
+            diff = torch.tensor(right, dtype=torch.float64)[:, None] - torch.tensor(wrong, dtype=torch.float64)
+            wins += float((diff > 0).double().sum() + 0.5 * (diff == 0).double().sum())
+            pairs += diff.numel()
+    return wins / pairs if pairs else float("nan")
+
+
+def prm_metrics(
+    scores,
+    labels,
+    threshold: float = 0.0,
+    correct: Sequence[bool | None] | None = None,
+    problems: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Every held-out metric as one dict (``step_accuracy``, ``step_auc``, ``first_error_*``, counts, and
+    ``within_problem_pairs`` when each solution's ``correct``-ness and ``problems`` id are given)."""
     s, y = _flat(scores, labels)
-    return {
+    out = {
         "step_accuracy": step_accuracy(scores, labels, threshold),
         "step_auc": roc_auc(scores, labels),
         **first_error_f1(scores, labels, threshold),
         "labelled_steps": float(len(s)),
         "correct_step_share": float(y.double().mean()) if len(y) else float("nan"),
     }
+    if correct is not None and problems is not None:
+        out["within_problem_pairs"] = within_problem_pairs(scores, correct, problems)
+    return out

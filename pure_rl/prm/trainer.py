@@ -109,7 +109,10 @@ def heldout_metrics(model, tokenizer, layout: str, rows: list[StepLabels], batch
     )
     scores = scorer([r.question for r in rows], [r.steps for r in rows])
     model.train(was_training)
-    return prm_metrics(scores, [r.labels for r in rows])
+    # Monte-Carlo labels say whether each solution reached the answer; converted datasets may not.
+    correct = [r.extra.get("solution_correct") for r in rows]
+    problems = [r.extra.get("problem_id", r.question) for r in rows]
+    return prm_metrics(scores, [r.labels for r in rows], correct=correct, problems=problems)
 
 
 def train_prm(
@@ -224,7 +227,8 @@ def train_prm(
                     loggers.log_scalar(f"prm_eval_{k}", v, done)
                 summary["heldout_after"] = metrics
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss.item():.3f}", auc=f"{metrics['step_auc']:.3f}")
+                    shown = {"auc": metrics["step_auc"], "pairs": metrics.get("within_problem_pairs", float("nan"))}
+                    bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in shown.items()})
             if done % pc.checkpoint_every == 0 or done == pc.steps:
                 summary["train_seconds"] = time.perf_counter() - t0
                 save_checkpoint(
