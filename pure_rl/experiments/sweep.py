@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -217,6 +218,10 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
         print(f"prm: {name} done in {time.perf_counter() - t0:.0f}s")
 
     if not trained:  # a trained PRM's labels were complete (the trainer keeps their digest)
+        # Measurements of a PRM that is no longer there must not pass for the new one's.
+        shutil.rmtree(folder / "best_of_n", ignore_errors=True)
+        for name in ("hackability.json", "hackability.md"):
+            (folder / name).unlink(missing_ok=True)
         # The labeller resumes a file holding the same settings and refuses one made with others.
         stage("labels", ["pure_rl.prm", "label", "--config", config, "--out", str(labels), *start], "label.log")
         resume = ["--resume"] if (model / "checkpoint.pt").is_file() else []
@@ -272,7 +277,7 @@ def launch_command(args: list[str], log_path: Path, threads: int) -> float:
     with log_path.open("a") as log:
         proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:3])} failed (exit {proc.returncode}); see {log_path}")
+        raise RuntimeError(f"python {' '.join(args[:2])} failed (exit {proc.returncode}); see {log_path}")
     return time.perf_counter() - t0
 
 
