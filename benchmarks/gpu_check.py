@@ -180,10 +180,9 @@ def run_training_row(name: str, args) -> dict:
     models = Path(args.out) / "models"
     config, overrides = row_config(name, models / "policy", models / "prm", args.device, args.tiny)
     cfg = load_config(ROOT / config, overrides)
-    if cfg.policy.backend != "vllm":  # a row is a process of its own
-        from pure_rl.startup import import_torchrl_without_vllm
+    from pure_rl.startup import import_torchrl_without_vllm
 
-        import_torchrl_without_vllm()
+    import_torchrl_without_vllm(cfg.policy.backend)  # a row is a process of its own
     par = setup_parallel(cfg)  # joins torchrun's process group in the torchrun row
     plan = memory_plan(cfg, device_gib(args.device), world_size=par.world)
     run_dir = Path(args.out) / "runs" / name

@@ -189,10 +189,10 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
         cfg = load_config(config, args.overrides)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    if own_process and cfg.policy.backend != "vllm":
+    if own_process:
         from pure_rl.startup import import_torchrl_without_vllm
 
-        import_torchrl_without_vllm()
+        import_torchrl_without_vllm(cfg.policy.backend)
     benchmarks = None
     if args.benchmarks:
         from envs.datasets import PRESETS

@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 
 
-def import_torchrl_without_vllm() -> None:
-    """Import TorchRL's collectors with vLLM hidden from it, for a process whose engine is not vLLM.
+def import_torchrl_without_vllm(backend: str | None = None) -> None:
+    """Import TorchRL's collectors with vLLM hidden from it, unless ``backend`` (the run's ``policy.backend``) is
+    vLLM.
 
     Only for a process that runs one job (a ``__main__``): TorchRL's own vLLM wrapper stays disabled in this
     process. vLLM itself still imports afterwards if something asks for it explicitly.
     """
-    if "torchrl.collectors" in sys.modules or "vllm" in sys.modules:
+    if backend == "vllm" or "torchrl.collectors" in sys.modules or "vllm" in sys.modules:
         return  # already imported: nothing left to save, and nothing to undo
     # A None entry makes importlib.util.find_spec("vllm"), which TorchRL checks, report it absent.
     sys.modules["vllm"] = None

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
             "config error: --device-memory and --world-size go with --dry-run (a run reads its devices' memory and "
             "its number of processes itself)"
         )
-    if own_process and cfg.policy.backend != "vllm":
-        import_torchrl_without_vllm()
+    if own_process:
+        import_torchrl_without_vllm(cfg.policy.backend)
     from pure_rl.parallel import setup_parallel
 
     try:

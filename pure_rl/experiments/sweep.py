@@ -205,7 +205,7 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
     trained = (model / "prm_train.json").is_file()
     if (model / "config.yaml").is_file():  # the recipe it was (being) trained with: another one is refused
         have, want = flat_config(load_config(model / "config.yaml")), flat_config(recipe)
-        diff = sorted(f"{k}: {have.get(k)!r} (there) vs {v!r} (sweep)" for k, v in want.items() if have.get(k) != v)
+        diff = config_differences(have, want)
         if diff:
             raise ConfigError(
                 f"{model} holds a PRM of another recipe ({'; '.join(diff)}): delete {folder} or use another --out"
@@ -243,6 +243,11 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
 # --- runs ------------------------------------------------------------------------------------------------
 
 
+def config_differences(have: dict, want: dict) -> list[str]:
+    """The flat config keys where a folder's saved config (``have``) differs from the sweep's (``want``)."""
+    return sorted(f"{k}: {have.get(k)!r} (there) vs {v!r} (sweep)" for k, v in want.items() if have.get(k) != v)
+
+
 def run_state(run_dir: Path, expected: dict, iterations: int) -> str:
     """'new', 'done' or 'resume'; raises if the folder holds a run of a different config."""
     saved = run_dir / "config.yaml"
@@ -250,7 +255,7 @@ def run_state(run_dir: Path, expected: dict, iterations: int) -> str:
         return "new"
     have = flat_config(load_config(saved))
     if have != expected:
-        diff = sorted(f"{k}: {have.get(k)!r} (there) vs {v!r} (sweep)" for k, v in expected.items() if have.get(k) != v)
+        diff = config_differences(have, expected)
         raise ConfigError(f"{run_dir} holds a different run ({'; '.join(diff)}): delete it or use another --out")
     summary = run_dir / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("iterations") == iterations:

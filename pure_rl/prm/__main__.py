@@ -23,10 +23,10 @@ def _config(args):
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    if args.own_process and cfg.policy.backend != "vllm":
+    if args.own_process:
         from pure_rl.startup import import_torchrl_without_vllm
 
-        import_torchrl_without_vllm()
+        import_torchrl_without_vllm(cfg.policy.backend)
     return cfg
 
 
