@@ -248,6 +248,13 @@ class PRMConfig:
         "train: the backbone, an HF causal LM folder or hub name (null: the config's starting policy, warmed up)",
         check=lambda v: _model_exists(v),
     )
+    backbone_layers: int | None = opt(
+        None,
+        "train: keep only the backbone's first N transformer layers (null: all of them); the PRM costs about "
+        "N / all of the full backbone to train and to score with",
+        check=lambda v: v is None or v > 0,
+        allowed="> 0 or null",
+    )
     layout: str = opt(
         "pure_text",
         "train: the input layout, pure_text (PURE-PRM's: '\\n' after each step, read there) or qwen "

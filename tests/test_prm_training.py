@@ -361,6 +361,37 @@ def test_trainer_learns_held_out_steps(tmp_path, tiny_model_path, layout):
     assert roc_auc(scores, [r.labels for r in held]) == pytest.approx(summary["heldout_after"]["step_auc"])
 
 
+def test_a_prm_on_the_backbones_first_layers_keeps_them_and_loads_at_that_depth(tmp_path, tiny_model_path):
+    # prm.backbone_layers=N: the first N transformer layers and the final norm as the backbone had them, the
+    # rest dropped; the saved folder loads at depth N and scores as the trainer measured.
+    from transformers import AutoModelForCausalLM
+
+    from envs.prm import HFTokenClassificationPRM
+    from pure_rl.prm.trainer import load_backbone, split_by_problem, train_prm
+
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    depth = full.config.num_hidden_layers
+    assert depth >= 2
+    model, _, _ = load_backbone(str(tiny_model_path), "pure_text", layers=1)
+    assert model.config.num_hidden_layers == 1 and len(model.model.layers) == 1
+    kept, original = model.model.layers[0].state_dict(), full.model.layers[0].state_dict()
+    assert kept.keys() == original.keys()
+    assert all(torch.equal(kept[k], original[k]) for k in kept)
+    assert torch.equal(model.model.norm.weight, full.model.norm.weight)
+    with pytest.raises(LabelError, match=rf"backbone_layers={depth + 1}: .* has only {depth} layers"):
+        load_backbone(str(tiny_model_path), "pure_text", layers=depth + 1)
+
+    rows = _synthetic_rows(40, 2)
+    cfg = _train_cfg(tiny_model_path, "prm.backbone_layers=1", "prm.steps=20")
+    summary = train_prm(cfg, rows, tmp_path / "prm", progress=False)
+    assert summary["backbone_layers"] == 1
+    prm = HFTokenClassificationPRM(tmp_path / "prm", layout="pure_text")
+    assert len(prm.model.model.layers) == 1
+    _, held = split_by_problem(rows, cfg.prm.heldout_share, cfg.train.seed)
+    scores = prm([r.question for r in held], [r.steps for r in held])
+    assert roc_auc(scores, [r.labels for r in held]) == pytest.approx(summary["heldout_after"]["step_auc"])
+
+
 def test_trainer_resumes_exactly(tmp_path, tiny_model_path, monkeypatch):
     from transformers import AutoModelForTokenClassification
 

@@ -45,10 +45,12 @@ def split_by_problem(rows: list[StepLabels], heldout_share: float, seed: int) ->
     return [r for r in rows if problem(r) not in held], [r for r in rows if problem(r) in held]
 
 
-def load_backbone(name: str, layout: str, step_token: str = "<extra_0>"):
+def load_backbone(name: str, layout: str, step_token: str = "<extra_0>", layers: int | None = None):
     """A fresh 2-way token-classification model on the backbone ``name`` and its tokenizer (the Qwen layout's
-    step token added when the tokenizer lacks it)."""
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    step token added when the tokenizer lacks it). ``layers``: keep only the backbone's first ``layers``
+    transformer layers (its final norm stays, and the head reads it); the saved folder then loads as a model of
+    that depth."""
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from agents.models import resolve_model_dir
@@ -60,7 +62,16 @@ def load_backbone(name: str, layout: str, step_token: str = "<extra_0>"):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "score.weight newly initialised": that is the head this trains
     try:
-        model = AutoModelForTokenClassification.from_pretrained(path, num_labels=2, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(path, num_labels=2)
+        if layers is not None:
+            have = config.num_hidden_layers
+            if layers > have:
+                raise LabelError(f"prm.backbone_layers={layers}: {path} has only {have} layers (use at most {have})")
+            # The weights of the layers left out are read and dropped by from_pretrained; the rest load as they are.
+            config.num_hidden_layers = layers
+            if getattr(config, "layer_types", None) is not None:
+                config.layer_types = config.layer_types[:layers]
+        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
     if layout == "qwen" and tokenizer.convert_tokens_to_ids(step_token) in (None, tokenizer.unk_token_id):
@@ -145,7 +156,7 @@ def train_prm(
         save_config(cfg, out / "config.yaml")
         torch.manual_seed(cfg.train.seed)
         base = pc.base_model or warmed_up_model(cfg)
-        model, tokenizer, path = load_backbone(base, pc.layout)
+        model, tokenizer, path = load_backbone(base, pc.layout, layers=pc.backbone_layers)
         model.to(cfg.policy.device).train()
         from envs.prm import PRMInputFormat
 
@@ -160,6 +171,7 @@ def train_prm(
         summary: dict = {
             "labels_digest": digest,
             "base_model": str(path),
+            "backbone_layers": model.config.num_hidden_layers,
             "layout": pc.layout,
             "train_rows": len(train_rows),
             "heldout_rows": len(held_rows),
