@@ -21,8 +21,10 @@ def test_tiny_config_loads():
 
 @pytest.mark.parametrize(
     "path",
-    sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS.parent / "examples").glob("*/*.yaml")),
-    ids=lambda p: p.name,
+    sorted(CONFIGS.glob("*.yaml"))
+    + sorted((CONFIGS / "prm").glob("*.yaml"))
+    + sorted((CONFIGS.parent / "examples").glob("*/*.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_every_shipped_config_validates(path):
     load_config(path)

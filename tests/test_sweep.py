@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pure_rl.config import ConfigError, flat_config, load_config
 from pure_rl.experiments.sweep import comparison_table, load_spec, run_overrides, run_state
@@ -71,13 +72,26 @@ def test_spec_errors_name_the_key(tmp_path):
         load_spec(bad)
 
 
-@pytest.mark.parametrize("name", ["small", "real", "aggregation", "learned_prm"])
-def test_shipped_sweeps_resolve_to_valid_run_configs(name, tmp_path):
-    spec = load_spec(SWEEPS / f"{name}.yaml")
+# Every sweep file shipped (the folder also holds the run configs they name, which have no methods).
+SWEEP_FILES = sorted(p for p in SWEEPS.glob("*.yaml") if "methods" in (yaml.safe_load(p.read_text()) or {}))
+
+
+def test_the_shipped_sweeps_are_all_checked_below():
+    assert {p.stem for p in SWEEP_FILES} >= {"small", "real", "aggregation", "learned_prm", "learned_prm_real"}
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_shipped_sweeps_resolve_to_valid_run_configs(path, tmp_path):
+    # Every run a sweep would launch, each seed, and its PRM recipe: a typo in one method fails here, not hours
+    # into the sweep.
+    spec = load_spec(path)
+    if spec.prm is not None:
+        load_config(ROOT / spec.prm["config"])
     prm_dir = tmp_path / "prm" / "model" if spec.prm is not None else None
     for method in spec.methods:
-        cfg = load_config(ROOT / spec.config, run_overrides(spec, method, spec.seeds[0], None, prm_dir))
-        assert cfg.log.name == f"{spec.name}_{method}"
+        for seed in spec.method_seeds.get(method, spec.seeds):
+            cfg = load_config(ROOT / spec.config, run_overrides(spec, method, seed, None, prm_dir))
+            assert cfg.log.name == f"{spec.name}_{method}" and cfg.train.seed == seed
         if spec.prm is not None and cfg.env.prm == "hf":
             assert cfg.env.prm_model == str(prm_dir)  # the PRM the sweep builds, never a hand-made one
 
