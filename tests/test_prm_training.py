@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pure_rl.config import ConfigError
 from pure_rl.prm.labels import LabelError, StepLabels, convert_file, read_step_labels, write_step_labels
 from pure_rl.prm.metrics import first_error_f1, prm_metrics, roc_auc, step_accuracy, within_problem_pairs
 
@@ -378,7 +379,7 @@ def test_a_prm_on_the_backbones_first_layers_keeps_them_and_loads_at_that_depth(
     assert kept.keys() == original.keys()
     assert all(torch.equal(kept[k], original[k]) for k in kept)
     assert torch.equal(model.model.norm.weight, full.model.norm.weight)
-    with pytest.raises(LabelError, match=rf"backbone_layers={depth + 1}: .* has only {depth} layers"):
+    with pytest.raises(ConfigError, match=rf"backbone_layers={depth + 1}: .* has only {depth} layers"):
         load_backbone(str(tiny_model_path), "pure_text", layers=depth + 1)
 
     rows = _synthetic_rows(40, 2)
@@ -490,6 +491,23 @@ def test_prm_cli_train_and_evaluate(labelled, tmp_path):
                 str(tmp_path / "n"),
             ]
         )
+    # A depth the backbone lacks is a setting to fix, reported as one and before any training starts.
+    with pytest.raises(SystemExit, match=r"config error: prm.backbone_layers=99: .* has only \d+ layers"):
+        main(
+            [
+                "train",
+                "--config",
+                str(ROOT / "configs/prm/tiny.yaml"),
+                "--labels",
+                str(out),
+                "--out",
+                str(tmp_path / "deep"),
+                f"policy.model={cfg.policy.model}",
+                "warmup.steps=0",
+                "prm.backbone_layers=99",
+            ]
+        )
+    assert not (tmp_path / "deep" / "checkpoint.pt").exists()
 
 
 # --- best-of-N ----------------------------------------------------------------------------------------------

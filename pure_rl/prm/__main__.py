@@ -32,6 +32,7 @@ def _config(args):
 
 def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
     """The command line; ``own_process``: this process runs this one command and nothing after it."""
+    from pure_rl.config import ConfigError
     from pure_rl.prm.labels import LabelError
 
     p = argparse.ArgumentParser(prog="python -m pure_rl.prm", description=__doc__.splitlines()[0])
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
             result = prm_metrics(scores, [r.labels for r in rows], correct=correct, problems=problems)
     except LabelError as e:
         sys.exit(f"step labels: {e}")
+    except ConfigError as e:  # a setting found wrong only once the model is open (prm.backbone_layers)
+        sys.exit(f"config error: {e}")
     print(json.dumps(result, indent=2))
     return result
 

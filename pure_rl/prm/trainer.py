@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from pure_rl.config import ConfigError
 from pure_rl.prm.labels import LabelError, StepLabels
 
 __all__ = ["load_backbone", "split_by_problem", "train_prm"]
@@ -66,7 +67,7 @@ def load_backbone(name: str, layout: str, step_token: str = "<extra_0>", layers:
         if layers is not None:
             have = config.num_hidden_layers
             if layers > have:
-                raise LabelError(f"prm.backbone_layers={layers}: {path} has only {have} layers (use at most {have})")
+                raise ConfigError(f"prm.backbone_layers={layers}: {path} has only {have} layers (use at most {have})")
             # The weights of the layers left out are read and dropped by from_pretrained; the rest load as they are.
             config.num_hidden_layers = layers
             if getattr(config, "layer_types", None) is not None:
