@@ -56,6 +56,15 @@ def test_table_finds_the_hack_onset_and_the_iteration_reaching_the_reference():
     assert table["sum"]["train_minutes"]["mean"] == pytest.approx(3 * n / 60)
 
 
+def test_an_evaluation_before_the_first_update_leaves_the_table_finite():
+    # train.eval_at_start logs an iteration-0 row holding the eval metrics only.
+    run = {k: np.concatenate([[np.nan], v]) for k, v in run_series([0.3] * 20, [3.0] * 20).items()}
+    run["iteration"][0], run["eval_accuracy"][0] = 0.0, 0.25
+    table = comparison_table({"m": {0: run}}, reference=None, window=10)["m"]
+    assert table["response_tokens_start"]["mean"] == 50.0 and table["response_tokens_end"]["mean"] == 50.0
+    assert table["steps_start"]["mean"] == 3.0 and table["final_accuracy"]["mean"] == pytest.approx(0.3)
+
+
 def test_a_temporary_rise_in_steps_is_not_a_hack():
     steps = [3.0] * 10 + [6.0] * 10 + [3.0] * 10
     table = comparison_table({"m": {0: run_series([0.3] * 30, steps)}}, reference=None, window=1)

@@ -51,6 +51,7 @@ SERIES = [
     "response_tokens",
     "prm_reward_mean",
     "prm_reward_min",
+    "repeated_step_ratio",
     "no_boxed_share",
     "reward_return",
     "kl",
@@ -448,8 +449,9 @@ def comparison_table(series: dict, reference: str | None, window: int) -> dict[s
             "reference_final_accuracy": target,
             "steps_start": _mean_std(start_steps),
             "steps_end": _mean_std(end_steps),
-            "response_tokens_start": _mean_std(np.stack([r["response_tokens"][:window] for r in runs]).mean(axis=1)),
-            "response_tokens_end": _mean_std(np.stack([r["response_tokens"][-window:] for r in runs]).mean(axis=1)),
+            # nanmean: a run evaluated before its first update has an iteration-0 row with eval metrics only.
+            "response_tokens_start": _mean_std(np.nanmean(np.stack([r["response_tokens"][:window] for r in runs]), 1)),
+            "response_tokens_end": _mean_std(np.nanmean(np.stack([r["response_tokens"][-window:] for r in runs]), 1)),
             "hack_onset": onset,
             # Rollout + update + sync seconds summed over iterations (evaluation and start-up not included).
             "train_minutes": _mean_std(
