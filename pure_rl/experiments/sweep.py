@@ -13,6 +13,7 @@ At the end it writes, from the runs' own metrics:
     OUT/sweep.png                   accuracy, steps per response, response length, PRM reward vs iteration:
                                     one line per method (mean over seeds), seeds as a band (min-max)
     OUT/table.md                    the comparison table (see :func:`comparison_table`)
+    OUT/claims.md, claims.json      with a ``claims`` section: the pre-registered verdicts (pure_rl.experiments.claims)
 ``--report`` only rebuilds those from finished runs.
 """
 
@@ -76,6 +77,7 @@ class SweepSpec:
     warmup: dict | None = None  # tiny-model warm-up: hidden_size, layers, steps, batch_size, lr, seed
     prm: dict | None = None  # a learned PRM built first: config (a PRM recipe), best_of, problems (see build_prm)
     reference: str | None = None  # the method whose final accuracy the table's "reaches" column uses
+    claims: dict[str, str] = field(default_factory=dict)  # role -> method, decided into claims.md (claims.py)
     smooth: int = 10  # moving-average window (iterations) for the figure and the table
     jobs: int = 1  # runs at once
     description: str = ""
@@ -111,6 +113,14 @@ def load_spec(path: str | Path) -> SweepSpec:
             raise ConfigError(
                 f"sweep file {path}: env.prm_model is the PRM the prm stage builds; remove it from overrides"
             )
+    from pure_rl.experiments.claims import ROLES
+
+    bad_roles = set(spec.claims) - set(ROLES)
+    if bad_roles:
+        raise ConfigError(f"sweep file {path}: claims names roles {sorted(bad_roles)}; the roles are {list(ROLES)}")
+    bad_methods = {role: m for role, m in spec.claims.items() if m not in spec.methods}
+    if bad_methods:
+        raise ConfigError(f"sweep file {path}: claims {bad_methods} name methods this sweep does not run")
     if spec.reference is not None and spec.reference not in spec.methods:
         raise ConfigError(f"sweep file {path}: reference '{spec.reference}' is not one of {list(spec.methods)}")
     return spec
@@ -360,6 +370,11 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
         "run_wall_seconds": {**previous.get("run_wall_seconds", {}), **wall},
         "table": results["table"],
     }
+    if spec.claims:  # the pre-registered verdicts, rebuilt with the table from the same runs
+        from pure_rl.experiments.claims import format_claims, write_claims
+
+        record["claims"] = write_claims(out, spec.claims, spec.smooth)
+        print(format_claims(record["claims"]) + "\n")
     (out / "sweep.json").write_text(json.dumps(record, indent=2))
     print(results["markdown"])
     print(f"\nwrote {out / 'sweep.png'}, {out / 'table.md'}, {out / 'sweep.json'}, {out / 'results'}/*.json")
