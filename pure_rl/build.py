@@ -105,6 +105,7 @@ def build_training(
     from pure_rl.checkpoint import load_checkpoint, set_rng_state
     from pure_rl.objectives.loss import StepTokenPPOLoss
     from pure_rl.plots import truncate_metrics
+    from pure_rl.samples import truncate_samples
     from pure_rl.update import (
         compute_dtype,
         grad_scaler,
@@ -254,6 +255,7 @@ def build_training(
     training.start = ckpt["iteration"]
     if par.is_main:
         truncate_metrics(run_dir / "logs" / "scalars", training.start)  # rows after the checkpoint are logged again
+        truncate_samples(run_dir / "samples.jsonl", training.start)
     policy.sync_weights()
     par.print(f"resumed {run_dir} after iteration {training.start}")
     return training

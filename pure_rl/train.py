@@ -354,7 +354,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
             kl=f"{metrics['kl']:.3f}",
         )
         if cfg.log.sample_every and (step % cfg.log.sample_every == 0 or step == 1) and par.is_main:
-            print_sample(traj, step)
+            from pure_rl.samples import append_samples, format_response, sample_records
+
+            records = sample_records(traj, step)  # every response, kept; the log shows the first
+            append_samples(run_dir / "samples.jsonl", records)
+            print(f"\n--- sample at iteration {step}: {records[0]['question'][:200]}\n{format_response(records[0])}")
         stopping = par.any(stop["requested"])  # a signal one rank got stops every rank after this iteration
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.iterations or stopping:
             checkpoint(step)
@@ -414,21 +418,6 @@ def held_out_metrics(eval_env, sampled_env, policy, sampler: torch.Generator | N
     return metrics
 
 
-def print_sample(traj, step: int) -> None:
-    """The first response of the batch, step by step with each step's PRM score."""
-    from pure_rl.token_batch import valid_step_mask
-
-    mask = valid_step_mask(traj)[0]
-    texts = traj.get("step_text").tolist()[0]
-    scores = traj.get(("next", "prm_reward")).reshape(traj.shape)[0]
-    correct = traj.get(("next", "verifier_reward")).reshape(traj.shape)[0]
-    n = int(mask.sum())
-    print(f"\n--- sample at iteration {step}: {traj.get('question').tolist()[0][0][:200]}")
-    for k in range(n):
-        print(f"  [{scores[k].item():+.2f}] {texts[k].strip()[:200]!r}")
-    print(f"  verifier: {'correct' if correct[n - 1] > 0.5 else 'wrong'}")
-
-
 def summarize(history: list[dict], cfg: RunConfig, run_dir: Path) -> dict:
     def first_last(key: str) -> dict:
         # One iteration's batch is small and noisy: the means of the first and last five say more.
@@ -473,7 +462,8 @@ def format_summary(summary: dict) -> str:
     if t:
         lines.append("  seconds/iteration    " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
     lines.append(
-        f"  artefacts in {summary['run_dir']}: config.yaml, logs/scalars/*.csv, checkpoint.pt, curves.png, summary.json"
+        f"  artefacts in {summary['run_dir']}: config.yaml, logs/scalars/*.csv, samples.jsonl, checkpoint.pt, "
+        "curves.png, summary.json"
     )
     return "\n".join(lines)
 

@@ -65,6 +65,31 @@ def test_an_evaluation_before_the_first_update_leaves_the_table_finite():
     assert table["steps_start"]["mean"] == 3.0 and table["final_accuracy"]["mean"] == pytest.approx(0.3)
 
 
+def test_the_samples_report_shows_the_start_middle_and_end_of_each_methods_first_seed(tmp_path):
+    from pure_rl.experiments.sweep import samples_report
+    from pure_rl.samples import append_samples
+
+    def response(it, k, correct):
+        return {"iteration": it, "question": "q", "steps": [f"s{it}.{k}"] * (k + 1), "prm": [0.5] * (k + 1),
+                "correct": correct}  # fmt: skip
+
+    runs = []
+    for method, seed in (("a", 0), ("a", 1), ("b", 3)):
+        run_dir = tmp_path / method / f"seed{seed}"
+        run_dir.mkdir(parents=True)
+        if method == "a":
+            for it in (1, 50, 100, 150):
+                append_samples(run_dir / "samples.jsonl", [response(it, k, k == 0) for k in range(4)])
+        runs.append((method, seed, run_dir))
+    report = samples_report(runs)
+    assert "## a (seed 0)" in report and "## a (seed 1)" not in report and "## b (seed 3)" in report
+    shown = [line.split(":")[0] for line in report.splitlines() if line.startswith("iteration ")]
+    assert shown == ["iteration 1", "iteration 100", "iteration 150"]
+    assert "1/4 correct, 2.5 steps, mean PRM step score +0.50" in report
+    assert "'s150.1'" in report and "'s150.2'" not in report  # the first two responses, step by step
+    assert "no samples logged" in report.split("## b")[1]
+
+
 def test_a_temporary_rise_in_steps_is_not_a_hack():
     steps = [3.0] * 10 + [6.0] * 10 + [3.0] * 10
     table = comparison_table({"m": {0: run_series([0.3] * 30, steps)}}, reference=None, window=1)
@@ -150,6 +175,8 @@ def test_small_sweep_runs_end_to_end_at_reduced_size(tmp_path):
             assert result["summary"]["iterations"] == 3
     table = (out / "table.md").read_text()
     assert all(f"| {m} |" in table for m in spec.methods)
+    samples = (out / "samples.md").read_text()
+    assert all(f"## {m} (seed 0)" in samples for m in spec.methods) and "iteration 1: " in samples
     # Running it again finds every run finished: nothing is re-run, the report is rebuilt.
     again = subprocess.run(cmd, cwd=ROOT, check=True, timeout=300, capture_output=True, text=True)
     assert "0 to run" in again.stdout

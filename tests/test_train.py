@@ -15,6 +15,7 @@ import torch
 
 from pure_rl.metrics import METRIC_NAMES
 from pure_rl.plots import read_metrics
+from pure_rl.samples import append_samples, read_samples, truncate_samples
 from pure_rl.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,11 +182,11 @@ def _rounded(obj):
 @pytest.mark.slow
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, warm_tiny_path):
     reference_dir = tmp_path / "uninterrupted"
-    proc = _train_process(reference_dir, warm_tiny_path, "policy.temperature=1.0")
+    proc = _train_process(reference_dir, warm_tiny_path, "policy.temperature=1.0", "log.sample_every=2")
     assert proc.wait(timeout=300) == 0, proc.stdout.read()
 
     killed_dir = tmp_path / "killed"
-    proc = _train_process(killed_dir, warm_tiny_path, "policy.temperature=1.0")
+    proc = _train_process(killed_dir, warm_tiny_path, "policy.temperature=1.0", "log.sample_every=2")
     _wait_for_checkpoint(killed_dir, 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -215,9 +216,26 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, warm_tin
         summary.pop("seconds_per_iteration")
     assert _rounded(summaries[0]) == _rounded(summaries[1])
     assert summaries[1]["iterations"] == 5
+    # Every response of iterations 1, 2 and 4 is kept, once, as the uninterrupted run wrote it.
+    samples = [read_samples(d / "samples.jsonl") for d in (reference_dir, killed_dir)]
+    batch = len([r for r in samples[0] if r["iteration"] == 1])
+    assert batch > 1 and [r["iteration"] for r in samples[0]] == [1] * batch + [2] * batch + [4] * batch
+    assert [(r["iteration"], r["question"], r["steps"], r["correct"]) for r in samples[1]] == [
+        (r["iteration"], r["question"], r["steps"], r["correct"]) for r in samples[0]
+    ]
+    assert all(len(r["prm"]) == len(r["steps"]) >= 1 for r in samples[0])
     final_a = torch.load(reference_dir / "checkpoint.pt", weights_only=False)["model"]
     final_b = torch.load(killed_dir / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-6) for k in final_a)
+
+
+def test_samples_of_iterations_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    append_samples(path, [{"iteration": i, "steps": ["a"], "prm": [0.5], "correct": True} for i in (1, 2, 3)])
+    truncate_samples(path, 2)
+    assert [r["iteration"] for r in read_samples(path)] == [1, 2]
+    truncate_samples(tmp_path / "none.jsonl", 2)  # a run that never sampled has no file, and gets none
+    assert not (tmp_path / "none.jsonl").exists()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ At the end it writes, from the runs' own metrics:
     OUT/sweep.png                   accuracy, steps per response, response length, PRM reward vs iteration:
                                     one line per method (mean over seeds), seeds as a band (min-max)
     OUT/table.md                    the comparison table (see :func:`comparison_table`)
+    OUT/samples.md                  what each method writes at its start, middle and end, with the PRM's scores
     OUT/claims.md, claims.json      with a ``claims`` section: the pre-registered verdicts (pure_rl.experiments.claims)
 ``--report`` only rebuilds those from finished runs.
 """
@@ -413,8 +414,36 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
     table = comparison_table(series, spec.reference, spec.smooth)
     markdown = format_table(table, spec.smooth, spec.reference)
     (out / "table.md").write_text(markdown + "\n")
+    (out / "samples.md").write_text(samples_report(runs))
     plot_sweep(series, out / "sweep.png", spec.smooth, title=f"sweep {spec.name}: mean over seeds, band = min-max")
     return {"table": table, "markdown": markdown}
+
+
+def samples_report(runs: list[tuple[str, int, Path]], shown: int = 2) -> str:
+    """What each method's first seed writes at its first, middle and last sampled iteration (``samples.jsonl``):
+    the batch's share correct, steps and mean PRM step score, and its first ``shown`` responses step by step."""
+    from pure_rl.samples import format_response, read_samples
+
+    lines = []
+    firsts = {}
+    for method, seed, run_dir in runs:
+        firsts.setdefault(method, (seed, run_dir))
+    for method, (seed, run_dir) in firsts.items():
+        records = read_samples(run_dir / "samples.jsonl")
+        lines.append(f"## {method} (seed {seed})\n")
+        iterations = sorted({r["iteration"] for r in records})
+        if not iterations:
+            lines.append("no samples logged (log.sample_every: 0, or the run has not started)\n")
+            continue
+        for it in dict.fromkeys([iterations[0], iterations[len(iterations) // 2], iterations[-1]]):
+            batch = [r for r in records if r["iteration"] == it]
+            scores = [s for r in batch for s in r["prm"]]
+            lines.append(
+                f"iteration {it}: {sum(r['correct'] for r in batch)}/{len(batch)} correct, "
+                f"{np.mean([len(r['steps']) for r in batch]):.1f} steps, mean PRM step score {np.mean(scores):+.2f}\n"
+            )
+            lines.extend(["```", *(format_response(r) for r in batch[:shown]), "```\n"])
+    return "\n".join(lines)
 
 
 def comparison_table(series: dict, reference: str | None, window: int) -> dict[str, dict]:
