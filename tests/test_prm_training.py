@@ -463,50 +463,21 @@ def test_prm_cli_train_and_evaluate(labelled, tmp_path):
     from pure_rl.prm.__main__ import main
 
     cfg, out, _ = labelled
-    result = main(
-        [
-            "train",
-            "--config",
-            str(ROOT / "configs/prm/tiny.yaml"),
-            "--labels",
-            str(out),
-            "--out",
-            str(tmp_path / "m"),
-            f"policy.model={cfg.policy.model}",
-            "warmup.steps=0",
-        ]
-    )
+
+    def train(labels, folder, *overrides):
+        config = str(ROOT / "configs/prm/tiny.yaml")
+        return main(["train", "--config", config, "--labels", str(labels), "--out", str(tmp_path / folder), *overrides])
+
+    start = [f"policy.model={cfg.policy.model}", "warmup.steps=0"]
+    result = train(out, "m", *start)
     assert result["use_it"].startswith("env.prm=hf env.prm_model=")
     metrics = main(["evaluate", "--prm", str(tmp_path / "m"), "--labels", str(out)])
     assert metrics["labelled_steps"] == sum(len(r.labels) for r in read_step_labels(out))
     with pytest.raises(SystemExit, match=r"step labels: .*does not exist"):
-        main(
-            [
-                "train",
-                "--config",
-                str(ROOT / "configs/prm/tiny.yaml"),
-                "--labels",
-                str(tmp_path / "none.jsonl"),
-                "--out",
-                str(tmp_path / "n"),
-            ]
-        )
+        train(tmp_path / "none.jsonl", "n")
     # A depth the backbone lacks is a setting to fix, reported as one and before any training starts.
     with pytest.raises(SystemExit, match=r"config error: prm.backbone_layers=99: .* has only \d+ layers"):
-        main(
-            [
-                "train",
-                "--config",
-                str(ROOT / "configs/prm/tiny.yaml"),
-                "--labels",
-                str(out),
-                "--out",
-                str(tmp_path / "deep"),
-                f"policy.model={cfg.policy.model}",
-                "warmup.steps=0",
-                "prm.backbone_layers=99",
-            ]
-        )
+        train(out, "deep", *start, "prm.backbone_layers=99")
     assert not (tmp_path / "deep" / "checkpoint.pt").exists()
 
 
