@@ -45,8 +45,8 @@ AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
 
 def sample_scored(env, policy, mode: str) -> list[dict]:
     """One batch of sampled responses (the env's ``B`` rows, ``group_size`` per problem, from the env's current
-    position in its problem order) with, per response, its step scores, its boxed answer, whether the verifier
-    accepts it, and its problem."""
+    position in its problem order) with, per response, its question and step texts, their scores, its boxed
+    answer, whether the verifier accepts it, and its problem."""
     from envs.verifier import last_boxed
     from pure_rl.rollout import collect
     from pure_rl.token_batch import valid_step_mask
@@ -59,6 +59,7 @@ def sample_scored(env, policy, mode: str) -> list[dict]:
     verdict = (nxt.get("verifier_reward").reshape(traj.shape) * mask).amax(-1)
     responses = [list(row)[-1] for row in nxt.get("response").tolist()]
     groups = traj.get("group_id")[:, 0].tolist()
+    texts, questions = traj.get("step_text").tolist(), traj.get("question").tolist()
     out = []
     for i in range(traj.shape[0]):
         steps = scores[i][mask[i]].tolist()
@@ -66,6 +67,8 @@ def sample_scored(env, policy, mode: str) -> list[dict]:
         out.append(
             {
                 "problem": int(groups[i]),
+                "question": questions[i][0],
+                "steps": texts[i][: len(steps)],  # what was scored, so that a selection can be audited
                 "scores": steps,
                 "answer": None if answer is None else "".join(answer.split()),
                 "correct": bool(verdict[i] > 0.5),

@@ -555,6 +555,16 @@ def test_best_of_n_cli_on_the_tiny_config(trained_prm, warm_tiny_path, tmp_path)
     saved = json.loads((tmp_path / "bon" / "best_of_n.json").read_text())
     assert len(saved["samples"]) == 12 and (tmp_path / "bon" / "best_of_n.png").is_file()
     assert sorted({s["problem"] for s in saved["samples"]}) == [0, 1, 2]  # every problem once, 4 samples each
+    # The env scored each response as the PRM scores its question and steps read back (`pure_rl.prm evaluate`'s
+    # path, the one held-out step metrics come from): best-of-N and those metrics measure the same PRM.
+    from envs.prm import HFTokenClassificationPRM
+
+    prm = HFTokenClassificationPRM(str(trained_prm), layout="pure_text", dtype=torch.float32)
+    samples = saved["samples"]
+    direct = prm([s["question"] for s in samples], [s["steps"] for s in samples])
+    assert all(len(s["steps"]) == len(s["scores"]) >= 1 for s in samples)
+    for s, d in zip(samples, direct):
+        assert d == pytest.approx(s["scores"], abs=1e-4)
 
 
 def test_step_labels_with_line_separator_characters_survive_their_own_reader(tmp_path):
