@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from pure_rl.config import ConfigError, flat_config, load_config
+from pure_rl.experiments.claims import ROLES, format_claims, write_claims
 from pure_rl.plots import smooth
 
 __all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_sweep"]
@@ -114,8 +115,6 @@ def load_spec(path: str | Path) -> SweepSpec:
             raise ConfigError(
                 f"sweep file {path}: env.prm_model is the PRM the prm stage builds; remove it from overrides"
             )
-    from pure_rl.experiments.claims import ROLES
-
     bad_roles = set(spec.claims) - set(ROLES)
     if bad_roles:
         raise ConfigError(f"sweep file {path}: claims names roles {sorted(bad_roles)}; the roles are {list(ROLES)}")
@@ -372,8 +371,6 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
         "table": results["table"],
     }
     if spec.claims:  # the pre-registered verdicts, rebuilt with the table from the same runs
-        from pure_rl.experiments.claims import format_claims, write_claims
-
         record["claims"] = write_claims(out, spec.claims, spec.smooth)
         print(format_claims(record["claims"]) + "\n")
     (out / "sweep.json").write_text(json.dumps(record, indent=2))
