@@ -49,29 +49,23 @@ def sample_scored(env, policy, mode: str) -> list[dict]:
     answer, whether the verifier accepts it, and its problem."""
     from envs.verifier import last_boxed
     from pure_rl.rollout import collect
-    from pure_rl.token_batch import valid_step_mask
+    from pure_rl.samples import sample_records
 
     with torch.no_grad():
         traj = collect(env, policy, mode)
-    mask = valid_step_mask(traj)
-    nxt = traj.get("next")
-    scores = nxt.get("prm_reward").reshape(traj.shape).float()
-    verdict = (nxt.get("verifier_reward").reshape(traj.shape) * mask).amax(-1)
-    responses = [list(row)[-1] for row in nxt.get("response").tolist()]
+    responses = [list(row)[-1] for row in traj.get(("next", "response")).tolist()]
     groups = traj.get("group_id")[:, 0].tolist()
-    texts, questions = traj.get("step_text").tolist(), traj.get("question").tolist()
     out = []
-    for i in range(traj.shape[0]):
-        steps = scores[i][mask[i]].tolist()
-        answer = last_boxed(responses[i])
+    for record, response, group in zip(sample_records(traj), responses, groups):
+        answer = last_boxed(response)
         out.append(
             {
-                "problem": int(groups[i]),
-                "question": questions[i][0],
-                "steps": texts[i][: len(steps)],  # what was scored, so that a selection can be audited
-                "scores": steps,
+                "problem": int(group),
+                "question": record["question"],
+                "steps": record["steps"],  # what was scored, so that a selection can be audited
+                "scores": record["prm"],
                 "answer": None if answer is None else "".join(answer.split()),
-                "correct": bool(verdict[i] > 0.5),
+                "correct": record["correct"],
             }
         )
     return out

@@ -1,9 +1,10 @@
 """What the policy writes, kept: ``RUN/samples.jsonl``, every response of an iteration at ``log.sample_every``.
 
-One JSON object per response: ``iteration``, ``question``, ``steps`` (the step texts), ``prm`` (each step's
-PRM reward, the env's, so a step the PRM never scored reads 0), ``correct`` (the verifier's verdict on the final
-answer). The train log prints the first of them; experiments read the mechanism of a curve from the file (what a
-policy writes at the start, middle and end, and what the PRM pays for it).
+One JSON object per response: ``iteration``, ``question``, ``steps`` (the step texts as written and scored,
+separators included), ``prm`` (each step's PRM reward, the env's, so a step the PRM never scored reads 0),
+``correct`` (the verifier's verdict on the final answer). The train log prints the first of them; experiments
+read the mechanism of a curve from the file (what a policy writes at the start, middle and end, and what the PRM
+pays for it).
 """
 
 from __future__ import annotations
@@ -16,25 +17,25 @@ from tensordict import TensorDictBase
 __all__ = ["append_samples", "format_response", "read_samples", "sample_records", "truncate_samples"]
 
 
-def sample_records(traj: TensorDictBase, iteration: int) -> list[dict]:
-    """One record per episode of a ``[B, K]`` trajectory batch (see the module docstring)."""
+def sample_records(traj: TensorDictBase) -> list[dict]:
+    """One record per episode of a ``[B, K]`` trajectory batch: ``question``, ``steps`` (as written and scored,
+    separators included), ``prm`` and ``correct`` (see the module docstring; the caller adds ``iteration``)."""
     from pure_rl.token_batch import valid_step_mask
 
     mask = valid_step_mask(traj)
     texts = traj.get("step_text").tolist()
     questions = traj.get("question").tolist()
-    scores = traj.get(("next", "prm_reward")).reshape(traj.shape)
+    scores = traj.get(("next", "prm_reward")).reshape(traj.shape).float()
     verdict = traj.get(("next", "verifier_reward")).reshape(traj.shape)
     records = []
     for b in range(traj.shape[0]):
         n = int(mask[b].sum())
         records.append(
             {
-                "iteration": iteration,
                 "question": questions[b][0],
-                "steps": [t.strip() for t in texts[b][:n]],
-                "prm": [round(float(s), 4) for s in scores[b, :n]],
-                "correct": bool(verdict[b, n - 1] > 0.5),
+                "steps": texts[b][:n],
+                "prm": scores[b, :n].tolist(),
+                "correct": bool(verdict[b, n - 1] > 0.5),  # the verifier rewards the episode's last step only
             }
         )
     return records
@@ -42,7 +43,7 @@ def sample_records(traj: TensorDictBase, iteration: int) -> list[dict]:
 
 def format_response(record: dict, width: int = 200) -> str:
     """A record as the train log shows it: each step with its PRM score, then the verdict."""
-    lines = [f"  [{s:+.2f}] {t[:width]!r}" for t, s in zip(record["steps"], record["prm"])]
+    lines = [f"  [{s:+.2f}] {t.strip()[:width]!r}" for t, s in zip(record["steps"], record["prm"])]
     return "\n".join([*lines, f"  verifier: {'correct' if record['correct'] else 'wrong'}"])
 
 

@@ -356,7 +356,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, par, *, env, eval_env, p
         if cfg.log.sample_every and (step % cfg.log.sample_every == 0 or step == 1) and par.is_main:
             from pure_rl.samples import append_samples, format_response, sample_records
 
-            records = sample_records(traj, step)  # every response, kept; the log shows the first
+            records = [{"iteration": step, **r} for r in sample_records(traj)]  # all kept; the log shows the first
             append_samples(run_dir / "samples.jsonl", records)
             print(f"\n--- sample at iteration {step}: {records[0]['question'][:200]}\n{format_response(records[0])}")
         stopping = par.any(stop["requested"])  # a signal one rank got stops every rank after this iteration

@@ -304,10 +304,9 @@ def decide_claims(outcomes: dict, roles: dict[str, str], hackability: dict | Non
 def format_claims(decided: dict) -> str:
     """The verdicts as a markdown table."""
     lines = ["| question | verdict | evidence |", "| --- | --- | --- |"]
-    for section in ("claims", "against_bounded_rewards", "reference_details"):
+    for section, prefix in (("claims", ""), ("against_bounded_rewards", "min-form vs "), ("reference_details", "")):
         for name, row in decided[section].items():
-            label = name if section == "claims" else f"min-form vs {name}" if section[0] == "a" else name
-            lines.append(f"| {label} | **{row['verdict']}** | {row['evidence']} |")
+            lines.append(f"| {prefix}{name} | **{row['verdict']}** | {row['evidence']} |")
     return "\n".join(lines)
 
 
