@@ -360,6 +360,14 @@ def test_trainer_learns_held_out_steps(tmp_path, tiny_model_path, layout):
     _, held = split_by_problem(rows, cfg.prm.heldout_share, cfg.train.seed)
     scores = prm([r.question for r in held], [r.steps for r in held])
     assert roc_auc(scores, [r.labels for r in held]) == pytest.approx(summary["heldout_after"]["step_auc"])
+    # The folder keeps its held-out solutions: `pure_rl.prm evaluate` measures them again, in any precision.
+    assert read_step_labels(tmp_path / "prm" / "heldout.jsonl") == held
+    from pure_rl.prm.__main__ import main as prm_main
+
+    again = ["evaluate", "--prm", str(tmp_path / "prm"), "--labels", str(tmp_path / "prm" / "heldout.jsonl")]
+    assert prm_main([*again, "--layout", layout])["step_auc"] == pytest.approx(summary["heldout_after"]["step_auc"])
+    bf16 = prm_main([*again, "--layout", layout, "--dtype", "bfloat16"])["step_auc"]
+    assert bf16 == pytest.approx(summary["heldout_after"]["step_auc"], abs=0.05)
 
 
 def test_a_prm_on_the_backbones_first_layers_keeps_them_and_loads_at_that_depth(tmp_path, tiny_model_path):

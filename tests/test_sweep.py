@@ -264,3 +264,59 @@ def test_a_sweep_file_with_a_bad_prm_stage_is_refused_naming_the_key(tmp_path, p
     bad.write_text(f"name: x\nconfig: configs/tiny.yaml\nmethods: {{a: {{}}}}\nprm: {prm}\noverrides: {overrides}\n")
     with pytest.raises(ConfigError, match=error):
         load_spec(bad)
+
+
+def test_a_sweep_records_its_runs_and_another_clone_continues_from_the_records(tmp_path):
+    """A study that outlives its machine: finished runs are recorded in the repository's record folder; a sweep
+    in a fresh output folder (another clone) runs only what is not recorded and reports over all of it; a
+    record of another config is refused, naming the key."""
+    record = tmp_path / "record"
+    spec_file = tmp_path / "recorded.yaml"
+    body = (
+        "name: recorded\nconfig: configs/tiny.yaml\n"
+        "warmup: {hidden_size: 32, layers: 1, steps: 3, batch_size: 4, lr: 3.0e-3, seed: 0}\n"
+        "overrides: {train.iterations: 2, train.eval_every: 0, log.sample_every: 1}\n"
+        f"record: {record}\nseeds: [0]\n"
+    )
+    spec_file.write_text(body + "methods: {vr_only: {env.reward_mode: vr}}\n")
+    first = [sys.executable, "-m", "pure_rl.experiments.sweep", str(spec_file), "--out", str(tmp_path / "a")]
+    subprocess.run(first, cwd=ROOT, check=True, timeout=600, capture_output=True)
+    saved = json.loads((record / "vr_only_seed0.json").read_text())
+    assert saved["summary"]["iterations"] == 2 and saved["series"]["iteration"] == [1.0, 2.0]
+    assert saved["fingerprints"]["policy"] and saved["fingerprints"]["prm"] is None
+    assert "policy.model" not in saved["config"] and saved["config"]["env.reward_mode"] == "vr"
+    assert {r["iteration"] for r in saved["samples"]} == {1, 2}
+    # Another clone adds a method: the recorded run is not run again, the new one is, and both are reported.
+    spec_file.write_text(body + "methods: {vr_only: {env.reward_mode: vr}, prm_only: {env.reward_mode: prm}}\n")
+    second = [sys.executable, "-m", "pure_rl.experiments.sweep", str(spec_file), "--out", str(tmp_path / "b")]
+    done = subprocess.run(second, cwd=ROOT, check=True, timeout=600, capture_output=True, text=True)
+    assert "1 to run" in done.stdout and not (tmp_path / "b" / "vr_only").exists()
+    assert (record / "prm_only_seed0.json").is_file()
+    result = json.loads((tmp_path / "b" / "results" / "vr_only_seed0.json").read_text())
+    assert result["summary"] == saved["summary"] and result["run_dir"] == str(record / "vr_only_seed0.json")
+    assert "## vr_only (seed 0)" in (tmp_path / "b" / "samples.md").read_text()
+    # A record made with another setting is never taken for this sweep's run.
+    spec_file.write_text(
+        body.replace("train.iterations: 2", "train.iterations: 2, train.lr: 0.5")
+        + "methods: {vr_only: {env.reward_mode: vr}}\n"
+    )
+    third = [sys.executable, "-m", "pure_rl.experiments.sweep", str(spec_file), "--out", str(tmp_path / "c")]
+    refused = subprocess.run(third, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert refused.returncode != 0 and "train.lr" in refused.stderr and "vr_only_seed0.json" in refused.stderr
+
+
+def test_a_sweep_of_methods_without_the_learned_prm_does_not_build_it(tmp_path):
+    """VR-only (and rule-PRM) methods of a learned-PRM sweep run without paying for the PRM stage."""
+    spec_file = tmp_path / "prm_sweep.yaml"
+    spec_file.write_text(
+        "name: no_prm_needed\nconfig: configs/tiny.yaml\n"
+        "prm: {config: configs/prm/tiny.yaml, best_of: 2, problems: 3}\n"
+        "overrides: {env.prm: hf, env.prm_layout: pure_text, train.iterations: 2, train.eval_every: 0}\n"
+        "methods: {vr_only: {env.reward_mode: vr}, rule: {env.reward_mode: prm+vr, env.prm: arithmetic_rule}}\n"
+    )
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "pure_rl.experiments.sweep", str(spec_file), "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "prm:" not in done.stdout and not (out / "prm" / "model").exists()
+    assert json.loads((out / "results" / "rule_seed0.json").read_text())["summary"]["iterations"] == 2

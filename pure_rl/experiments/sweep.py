@@ -36,6 +36,15 @@ import yaml
 
 from pure_rl.config import ConfigError, flat_config, load_config
 from pure_rl.experiments.claims import ROLES, format_claims, write_claims
+from pure_rl.experiments.records import (
+    comparable_config,
+    read_record,
+    record_differences,
+    record_path,
+    sampled_iterations,
+    weights_digest,
+    write_record,
+)
 from pure_rl.plots import smooth
 
 __all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_sweep"]
@@ -82,7 +91,11 @@ class SweepSpec:
     claims: dict[str, str] = field(default_factory=dict)  # role -> method, decided into claims.md (claims.py)
     smooth: int = 10  # moving-average window (iterations) for the figure and the table
     jobs: int = 1  # runs at once
+    record: str | None = None  # folder (repository-relative) where finished runs are recorded (records.py)
     description: str = ""
+
+    def record_dir(self) -> Path | None:
+        return None if self.record is None else REPO_ROOT / self.record
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -213,6 +226,8 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
     labels, model = folder / "labels.jsonl", prm_model_dir(out)
     recipe = load_config(config, start)
     use = ["env.prm=hf", f"env.prm_model={model}", f"env.prm_layout={recipe.prm.layout}"]
+    if "env.prm_dtype" in spec.overrides:  # measured as the runs score with it
+        use.append(f"env.prm_dtype={spec.overrides['env.prm_dtype']}")
     trained = (model / "prm_train.json").is_file()
     if (model / "config.yaml").is_file():  # the recipe it was (being) trained with: another one is refused
         have, want = flat_config(load_config(model / "config.yaml")), flat_config(recipe)
@@ -252,6 +267,11 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
 
 
 # --- runs ------------------------------------------------------------------------------------------------
+
+
+def uses_learned_prm(cfg) -> bool:
+    """Whether a run's rewards come from the ``hf`` (learned) PRM; VR-only runs load no PRM at all."""
+    return cfg.env.prm == "hf" and cfg.env.reward_mode != "vr"
 
 
 def config_differences(have: dict, want: dict) -> list[str]:
@@ -297,6 +317,30 @@ def launch_command(args: list[str], log_path: Path, threads: int) -> float:
     return time.perf_counter() - t0
 
 
+def record_run(
+    folder: Path, method: str, seed: int, run_dir: Path, flat: dict, prm_dir: Path | None, wall: float | None = None
+) -> Path:
+    """Record a finished run in ``folder`` (see pure_rl.experiments.records)."""
+    from pure_rl.samples import read_samples
+
+    per_key, summary = run_series(run_dir)
+    return write_record(
+        folder,
+        method,
+        seed,
+        config=comparable_config(flat),
+        fingerprints={
+            "policy": weights_digest(flat["policy.model"]) if Path(str(flat["policy.model"])).is_dir() else None,
+            "prm": weights_digest(prm_dir) if prm_dir is not None else None,
+        },
+        machine=machine_description(),
+        wall_seconds=wall,
+        summary=summary,
+        samples=sampled_iterations(read_samples(run_dir / "samples.jsonl")),
+        series=per_key,
+    )
+
+
 def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: bool = False) -> dict:
     """Warm up (if asked), run every (method, seed) not finished yet, then write results, figure and table."""
     from tqdm import tqdm
@@ -308,33 +352,43 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
     model_dir = None
     if spec.warmup is not None and report_only:  # a report never trains: it reads what the sweep built
         model_dir = (out / "warmup" / "model").resolve()
-        if not model_dir.is_dir():
-            raise ConfigError(f"--report: {out} has no warmed-up model; run the sweep first")
     elif spec.warmup is not None:
         model_dir = build_warm_model(spec, out, threads=os.cpu_count() or 1)
-    prm_dir = None
-    if spec.prm is not None and report_only:
-        prm_dir = prm_model_dir(out)
-        if not (prm_dir / "prm_train.json").is_file():
-            raise ConfigError(f"--report: {out} has no trained PRM; run the sweep first")
-    elif spec.prm is not None:
-        prm_dir = build_prm(spec, out, model_dir, threads=os.cpu_count() or 1)
-    runs = []
+    prm_dir = prm_model_dir(out) if spec.prm is not None else None  # its path is part of every run's config
+    record_dir = spec.record_dir()
+    runs, prm_users = [], set()
     for method in spec.methods:
         for seed in spec.method_seeds.get(method, spec.seeds):
             overrides = run_overrides(spec, method, seed, model_dir, prm_dir)
             cfg = load_config(REPO_ROOT / spec.config, overrides)
             run_dir = out / method / f"seed{seed}"
-            state = run_state(run_dir, flat_config(cfg), cfg.train.iterations)
-            runs.append((method, seed, run_dir, overrides, state, cfg.train.iterations))
-    todo = [r for r in runs if r[4] != "done"]
+            flat = flat_config(cfg)
+            state = run_state(run_dir, flat, cfg.train.iterations)
+            if state != "done" and record_dir is not None and record_path(record_dir, method, seed).is_file():
+                recorded = record_path(record_dir, method, seed)
+                diff = record_differences(read_record(recorded), flat)
+                if diff:
+                    raise ConfigError(f"{recorded} records a run of another config ({'; '.join(diff)}): delete it")
+                state = "recorded"
+            runs.append((method, seed, run_dir, overrides, state, flat))
+            if prm_dir is not None and uses_learned_prm(cfg):
+                prm_users.add(method)
+    todo = [r for r in runs if r[4] not in ("done", "recorded")]
     if report_only and todo:
         # A report of unfinished runs (e.g. to look at a long sweep half way) says so, loudly.
         missing = [r for r in todo if not (r[2] / "logs" / "scalars").is_dir()]
         if missing:
-            raise ConfigError(f"--report: {missing[0][2]} has no metrics yet; run the sweep first")
+            raise ConfigError(f"--report: {missing[0][2]} has no metrics yet (and no record); run the sweep first")
         print(f"WARNING: {len(todo)} runs are not finished; the report covers the iterations logged so far")
         todo = []
+    # The learned PRM (hours on a CPU) is built only when a run still to do scores with it: VR-only and
+    # rule-PRM methods (--methods), or a sweep whose PRM runs are all recorded, run without it.
+    if any(r[0] in prm_users for r in todo):
+        build_prm(spec, out, model_dir, threads=os.cpu_count() or 1)
+    if record_dir is not None:  # runs finished before they were recorded (an earlier invocation, or a kill)
+        for method, seed, run_dir, _, state, flat in runs:
+            if state == "done" and not record_path(record_dir, method, seed).is_file():
+                record_run(record_dir, method, seed, run_dir, flat, prm_dir if method in prm_users else None)
     print(
         f"sweep {spec.name}: {len(runs)} runs ({len(spec.methods)} methods, {len(spec.seeds)} seeds each unless "
         f"method_seeds says otherwise), "
@@ -346,12 +400,17 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
             pool.submit(launch, run_dir, REPO_ROOT / spec.config, overrides, state, threads): (method, seed)
             for method, seed, run_dir, overrides, state, _ in todo
         }
+        flats = {(m, k): flat for m, k, _, _, _, flat in todo}
         for future in as_completed(futures):
             method, seed = futures[future]
             wall[f"{method}/seed{seed}"] = future.result()
+            if record_dir is not None:  # at once: a sweep killed later keeps this run's record
+                run_dir, prm = out / method / f"seed{seed}", prm_dir if method in prm_users else None
+                record_run(record_dir, method, seed, run_dir, flats[method, seed], prm, wall[f"{method}/seed{seed}"])
             bar.update(1)
             bar.set_postfix_str(f"{method} seed {seed}: {wall[f'{method}/seed{seed}']:.0f}s")
-    results = write_results(spec, out, [(m, s, d) for m, s, d, *_ in runs])
+    sources = [(m, k, record_path(record_dir, m, k) if state == "recorded" else d) for m, k, d, _, state, _ in runs]
+    results = write_results(spec, out, sources)
     sweep_seconds = time.perf_counter() - t_start
     previous = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
     invocations = previous.get("invocations", [])
@@ -390,18 +449,29 @@ def machine_description() -> str:
 # --- results ---------------------------------------------------------------------------------------------
 
 
-def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]]) -> dict:
+def run_series(run_dir: Path) -> tuple[dict[str, list[float]], dict]:
+    """A run folder's metrics the sweep reads (``SERIES``, per logged iteration) and its summary."""
     from pure_rl.plots import read_metrics
 
+    rows = read_metrics(run_dir / "logs" / "scalars")
+    per_key = {k: [r.get(k, float("nan")) for r in rows] for k in ["iteration", *SERIES]}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"unfinished": True}
+    return per_key, summary
+
+
+def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]]) -> dict:
+    """``runs``: (method, seed, source), the source a run folder or a record file (records.py)."""
     (out / "results").mkdir(exist_ok=True)
     series: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-    for method, seed, run_dir in runs:
-        rows = read_metrics(run_dir / "logs" / "scalars")
-        per_key = {k: [r.get(k, float("nan")) for r in rows] for k in ["iteration", *SERIES]}
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"unfinished": True}
+    for method, seed, source in runs:
+        if source.suffix == ".json":
+            record = read_record(source)
+            per_key, summary = record["series"], record["summary"]
+        else:
+            per_key, summary = run_series(source)
         (out / "results" / f"{method}_seed{seed}.json").write_text(
-            json.dumps({"method": method, "seed": seed, "run_dir": str(run_dir), "summary": summary, **per_key})
+            json.dumps({"method": method, "seed": seed, "run_dir": str(source), "summary": summary, **per_key})
         )
         series.setdefault(method, {})[seed] = {k: np.asarray(v, dtype=float) for k, v in per_key.items()}
     for seeds in series.values():  # unfinished runs (a --report half way) are cut to the shortest seed's length
@@ -417,16 +487,17 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
 
 
 def samples_report(runs: list[tuple[str, int, Path]], shown: int = 2) -> str:
-    """What each method's first seed writes at its first, middle and last sampled iteration (``samples.jsonl``):
-    the batch's share correct, steps and mean PRM step score, and its first ``shown`` responses step by step."""
+    """What each method's first seed writes at its first, middle and last sampled iteration (a run folder's
+    ``samples.jsonl`` or a record's samples): the batch's share correct, steps and mean PRM step score, and its
+    first ``shown`` responses step by step."""
     from pure_rl.samples import format_response, read_samples
 
     lines = []
     firsts = {}
-    for method, seed, run_dir in runs:
-        firsts.setdefault(method, (seed, run_dir))
-    for method, (seed, run_dir) in firsts.items():
-        records = read_samples(run_dir / "samples.jsonl")
+    for method, seed, source in runs:
+        firsts.setdefault(method, (seed, source))
+    for method, (seed, source) in firsts.items():
+        records = read_record(source)["samples"] if source.suffix == ".json" else read_samples(source / "samples.jsonl")
         lines.append(f"## {method} (seed {seed})\n")
         iterations = sorted({r["iteration"] for r in records})
         if not iterations:
@@ -571,7 +642,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("spec", help="sweep file, e.g. configs/sweeps/small.yaml")
     p.add_argument("--out", default=None, help="output folder (default: runs/sweeps/NAME)")
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the sweep file's jobs)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (of every method)")
     p.add_argument("--methods", nargs="+", default=None, help="only these methods")
     p.add_argument("--iterations", type=int, default=None, help="override train.iterations (smaller runs)")
     p.add_argument("--warmup-steps", type=int, default=None, help="override the warm-up's steps")
@@ -587,8 +658,9 @@ def main(argv: list[str] | None = None) -> dict:
             spec.methods = {m: spec.methods[m] for m in args.methods}
             if spec.reference not in spec.methods:
                 spec.reference = None
-        if args.seeds:
+        if args.seeds:  # a method's own seeds are narrowed too: --seeds 0 runs one block of every method
             spec.seeds = args.seeds
+            spec.method_seeds = {m: [k for k in ks if k in args.seeds] for m, ks in spec.method_seeds.items()}
         if args.iterations:
             spec.overrides = {**spec.overrides, "train.iterations": args.iterations}
             spec.smooth = max(1, min(spec.smooth, args.iterations // 3))

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
     ev.add_argument("--prm", required=True, help="the PRM folder")
     ev.add_argument("--labels", nargs="+", required=True)
     ev.add_argument("--layout", default="pure_text", choices=("pure_text", "qwen"))
+    ev.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="as env.prm_dtype in RL"
+    )
     probe = sub.add_parser(
         "probe", help="what the config's PRM (env.prm) pays for filler, restatements, repeats, answers, empty steps"
     )
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
             from pure_rl.prm.metrics import prm_metrics
 
             rows = read_step_labels(args.labels)
-            prm = HFTokenClassificationPRM(args.prm, layout=args.layout, dtype=torch.float32)
+            prm = HFTokenClassificationPRM(args.prm, layout=args.layout, dtype=getattr(torch, args.dtype))
             scores = prm([r.question for r in rows], [r.steps for r in rows])
             correct = [r.extra.get("solution_correct") for r in rows]
             problems = [r.extra.get("problem_id", r.question) for r in rows]

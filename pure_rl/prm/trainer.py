@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from pure_rl.config import ConfigError
-from pure_rl.prm.labels import LabelError, StepLabels
+from pure_rl.prm.labels import LabelError, StepLabels, write_step_labels
 
 __all__ = ["load_backbone", "split_by_problem", "train_prm"]
 
@@ -155,6 +155,8 @@ def train_prm(
         elif not (out / "checkpoint.pt").is_file():
             raise LabelError(f"--resume {out}: no checkpoint there to resume from")
         save_config(cfg, out / "config.yaml")
+        # The held-out solutions, so a PRM can be measured again on exactly them (pure_rl.prm evaluate).
+        write_step_labels(held_rows, out / "heldout.jsonl")
         torch.manual_seed(cfg.train.seed)
         base = pc.base_model or warmed_up_model(cfg)
         model, tokenizer, path = load_backbone(base, pc.layout, layers=pc.backbone_layers)
