@@ -386,9 +386,12 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
     if any(r[0] in prm_users for r in todo):
         build_prm(spec, out, model_dir, threads=os.cpu_count() or 1)
     if record_dir is not None:  # runs finished before they were recorded (an earlier invocation, or a kill)
+        earlier = out / "sweep.json"
+        earlier_walls = json.loads(earlier.read_text()).get("run_wall_seconds", {}) if earlier.is_file() else {}
         for method, seed, run_dir, _, state, flat in runs:
             if state == "done" and not record_path(record_dir, method, seed).is_file():
-                record_run(record_dir, method, seed, run_dir, flat, prm_dir if method in prm_users else None)
+                wall = earlier_walls.get(f"{method}/seed{seed}")
+                record_run(record_dir, method, seed, run_dir, flat, prm_dir if method in prm_users else None, wall)
     print(
         f"sweep {spec.name}: {len(runs)} runs ({len(spec.methods)} methods, {len(spec.seeds)} seeds each unless "
         f"method_seeds says otherwise), "
@@ -443,7 +446,14 @@ def machine_description() -> str:
 
     import torch
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():  # the model name says which CPU kind ran it; timings compare only within one kind
+        text = info.read_text()
+        names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+        cpu += " with AMX" if "amx_bf16" in text else " with AVX-512" if "avx512f" in text else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
 
 
 # --- results ---------------------------------------------------------------------------------------------
