@@ -31,9 +31,6 @@ ITERS = 150
 
 def write_run(out, method, seed, evals, steps, repeated=0.0, budget=8, finished=True):
     """One run as the sweep stores it: an iteration-0 evaluation row, then 150 trained iterations."""
-    run_dir = out / method / f"seed{seed}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"env": {"max_steps": budget}}))
     it = np.arange(0, ITERS + 1, dtype=float)
     acc = np.full(len(it), np.nan)
     for point, value in evals.items():
@@ -43,11 +40,12 @@ def write_run(out, method, seed, evals, steps, repeated=0.0, budget=8, finished=
     s[-10:] = end  # the last window at the end value exactly
     s[1:11] = start
     rep = np.concatenate([[np.nan], np.full(ITERS, repeated)])
-    (out / "results").mkdir(exist_ok=True)
+    (out / "results").mkdir(parents=True, exist_ok=True)
     record = {
         "method": method,
         "seed": seed,
-        "run_dir": str(run_dir),
+        "run_dir": str(out / method / f"seed{seed}"),
+        "max_steps": budget,
         "summary": {"iterations": ITERS} if finished else {"unfinished": True},
         "iteration": it.tolist(),
         "eval_accuracy": acc.tolist(),

@@ -276,7 +276,7 @@ def test_a_sweep_records_its_runs_and_another_clone_continues_from_the_records(t
         "name: recorded\nconfig: configs/tiny.yaml\n"
         "warmup: {hidden_size: 32, layers: 1, steps: 3, batch_size: 4, lr: 3.0e-3, seed: 0}\n"
         "overrides: {train.iterations: 2, train.eval_every: 0, log.sample_every: 1}\n"
-        f"record: {record}\nseeds: [0]\n"
+        f"record: {record}\nseeds: [0]\nclaims: {{vr_only: vr_only}}\n"  # the claims read recorded runs too
     )
     spec_file.write_text(body + "methods: {vr_only: {env.reward_mode: vr}}\n")
     first = [sys.executable, "-m", "pure_rl.experiments.sweep", str(spec_file), "--out", str(tmp_path / "a")]
@@ -295,6 +295,8 @@ def test_a_sweep_records_its_runs_and_another_clone_continues_from_the_records(t
     result = json.loads((tmp_path / "b" / "results" / "vr_only_seed0.json").read_text())
     assert result["summary"] == saved["summary"] and result["run_dir"] == str(record / "vr_only_seed0.json")
     assert "## vr_only (seed 0)" in (tmp_path / "b" / "samples.md").read_text()
+    assert "policy " + saved["fingerprints"]["policy"] in (tmp_path / "b" / "table.md").read_text()
+    assert (tmp_path / "b" / "claims.md").is_file()
     # A record made with another setting is never taken for this sweep's run.
     spec_file.write_text(
         body.replace("train.iterations: 2", "train.iterations: 2, train.lr: 0.5")

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 __all__ = ["ROLES", "RunOutcome", "decide_claims", "format_claims", "load_outcomes"]
 
@@ -102,14 +101,13 @@ def load_outcomes(out: str | Path, window: int = 10) -> dict[str, dict[int, RunO
         steps = np.asarray(r["steps_per_response"], dtype=float)
         repeated = np.asarray(r.get("repeated_step_ratio", [np.nan] * len(it)), dtype=float)
         trained = np.isfinite(steps)  # the iteration-0 row holds evaluation metrics only
-        config = yaml.safe_load((Path(r["run_dir"]) / "config.yaml").read_text())
         outcomes.setdefault(r["method"], {})[int(r["seed"])] = RunOutcome(
             eval_iterations=[int(i) for i in it[np.isfinite(acc)]],
             eval_accuracy=[float(a) for a in acc[np.isfinite(acc)]],
             steps_start=float(np.mean(steps[trained][:window])),
             steps_end=float(np.mean(steps[trained][-window:])),
             repeated_end=float(np.nanmean(repeated[trained][-window:])) if np.isfinite(repeated).any() else np.nan,
-            budget=int(config["env"]["max_steps"]),
+            budget=int(r["max_steps"]),
             finished="unfinished" not in r["summary"],
         )
     return outcomes

@@ -412,7 +412,9 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
                 record_run(record_dir, method, seed, run_dir, flats[method, seed], prm, wall[f"{method}/seed{seed}"])
             bar.update(1)
             bar.set_postfix_str(f"{method} seed {seed}: {wall[f'{method}/seed{seed}']:.0f}s")
-    sources = [(m, k, record_path(record_dir, m, k) if state == "recorded" else d) for m, k, d, _, state, _ in runs]
+    # A recorded run is reported from its record, whichever machine ran it, so every clone reports alike.
+    recorded = {(m, k) for m, k, *_ in runs if record_dir is not None and record_path(record_dir, m, k).is_file()}
+    sources = [(m, k, record_path(record_dir, m, k) if (m, k) in recorded else d) for m, k, d, *_ in runs]
     results = write_results(spec, out, sources)
     sweep_seconds = time.perf_counter() - t_start
     previous = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
@@ -474,15 +476,19 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
     """``runs``: (method, seed, source), the source a run folder or a record file (records.py)."""
     (out / "results").mkdir(exist_ok=True)
     series: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    origins: dict[str, list[str]] = {}  # "policy / PRM fingerprints, machine" -> the runs that share them
     for method, seed, source in runs:
-        if source.suffix == ".json":
-            record = read_record(source)
-            per_key, summary = record["series"], record["summary"]
-        else:
-            per_key, summary = run_series(source)
+        record = read_record(source) if source.suffix == ".json" else None
+        per_key, summary = (record["series"], record["summary"]) if record else run_series(source)
+        config = record["config"] if record else flat_config(load_config(source / "config.yaml"))
+        result = {"method": method, "seed": seed, "run_dir": str(source), "max_steps": config["env.max_steps"]}
         (out / "results" / f"{method}_seed{seed}.json").write_text(
-            json.dumps({"method": method, "seed": seed, "run_dir": str(source), "summary": summary, **per_key})
+            json.dumps({**result, "summary": summary, **per_key})
         )
+        if record:
+            fp = record["fingerprints"]
+            origin = f"policy {fp['policy']}, PRM {fp['prm'] or '(none)'}, on {record['machine'].split(',')[0]}"
+            origins.setdefault(origin, []).append(f"{method}/{seed}")
         series.setdefault(method, {})[seed] = {k: np.asarray(v, dtype=float) for k, v in per_key.items()}
     for seeds in series.values():  # unfinished runs (a --report half way) are cut to the shortest seed's length
         length = min(len(r["iteration"]) for r in seeds.values())
@@ -490,6 +496,9 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
             seeds[seed] = {k: v[:length] for k, v in r.items()}
     table = comparison_table(series, spec.reference, spec.smooth)
     markdown = format_table(table, spec.smooth, spec.reference)
+    if origins:  # runs from several machines start from sibling policies and score with sibling PRMs
+        markdown += "\n\nRecorded runs by starting policy and PRM (sha256 prefixes of their weights):\n"
+        markdown += "\n".join(f"- {origin}: {', '.join(names)}" for origin, names in origins.items())
     (out / "table.md").write_text(markdown + "\n")
     (out / "samples.md").write_text(samples_report(runs))
     plot_sweep(series, out / "sweep.png", spec.smooth, title=f"sweep {spec.name}: mean over seeds, band = min-max")
