@@ -71,7 +71,7 @@ def sample_scored(env, policy, mode: str) -> list[dict]:
     return out
 
 
-def _by_problem(samples: list[dict]) -> dict[int, list[dict]]:
+def group_by_problem(samples: list[dict]) -> dict[int, list[dict]]:
     """Samples grouped by problem, each group in sampling order."""
     groups: dict[int, list[dict]] = {}
     for s in samples:
@@ -95,7 +95,7 @@ def best_of_n(samples: list[dict], aggregations: Sequence[str], n_max: int) -> d
     unknown = [a for a in aggregations if a not in AGGREGATIONS]
     if unknown:
         raise ValueError(f"unknown aggregation {unknown[0]!r}; one of {sorted(AGGREGATIONS)}")
-    by_problem = _by_problem(samples)
+    by_problem = group_by_problem(samples)
     short = [p for p, rows in by_problem.items() if len(rows) < n_max]
     if short:
         raise ValueError(f"problem {short[0]} has {len(by_problem[short[0]])} samples, fewer than N={n_max}")
@@ -120,7 +120,7 @@ def within_problem_accuracy(samples: list[dict], aggregations: Sequence[str]) ->
     """Per aggregation, the share of (correct, wrong) pairs of responses *to the same problem* in which the correct
     one scores higher (ties count half): what selection needs, unlike a step AUC pooled across problems, which a
     PRM can earn by knowing which problems are hard. NaN when no problem has both kinds."""
-    by_problem = _by_problem(samples)
+    by_problem = group_by_problem(samples)
     out = {}
     for name in aggregations:
         wins = pairs = 0.0
