@@ -307,6 +307,16 @@ def test_a_sweep_records_its_runs_and_another_clone_continues_from_the_records(t
     assert refused.returncode != 0 and "train.lr" in refused.stderr and "vr_only_seed0.json" in refused.stderr
 
 
+def test_a_record_folder_git_ignores_is_refused(tmp_path):
+    # Records in an ignored folder (runs/ is) would be lost with the machine, the very thing they are for.
+    spec_file = tmp_path / "ignored.yaml"
+    spec_file.write_text("name: x\nconfig: configs/tiny.yaml\nmethods: {a: {}}\nrecord: runs/records\n")
+    with pytest.raises(ConfigError, match="record: runs/records is ignored by git"):
+        load_spec(spec_file)
+    spec_file.write_text("name: x\nconfig: configs/tiny.yaml\nmethods: {a: {}}\nrecord: docs/results/x/records\n")
+    assert load_spec(spec_file).record_dir() == ROOT / "docs/results/x/records"
+
+
 def test_a_sweep_of_methods_without_the_learned_prm_does_not_build_it(tmp_path):
     """VR-only (and rule-PRM) methods of a learned-PRM sweep run without paying for the PRM stage."""
     spec_file = tmp_path / "prm_sweep.yaml"

@@ -134,9 +134,23 @@ def load_spec(path: str | Path) -> SweepSpec:
     bad_methods = {role: m for role, m in spec.claims.items() if m not in spec.methods}
     if bad_methods:
         raise ConfigError(f"sweep file {path}: claims {bad_methods} name methods this sweep does not run")
+    if spec.record is not None and git_ignores(spec.record_dir() / "run.json"):
+        raise ConfigError(
+            f"sweep file {path}: record: {spec.record} is ignored by git (see `git check-ignore -v`), so the records "
+            "would never be committed: name a folder git tracks, e.g. docs/results/NAME/records"
+        )
     if spec.reference is not None and spec.reference not in spec.methods:
         raise ConfigError(f"sweep file {path}: reference '{spec.reference}' is not one of {list(spec.methods)}")
     return spec
+
+
+def git_ignores(path: Path) -> bool:
+    """Whether the repository's git ignores ``path`` (False outside a git checkout or without git)."""
+    try:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", str(path)], capture_output=True)
+    except OSError:
+        return False
+    return done.returncode == 0
 
 
 def run_overrides(
