@@ -297,6 +297,20 @@ def test_a_sweep_records_its_runs_and_another_clone_continues_from_the_records(t
     assert "## vr_only (seed 0)" in (tmp_path / "b" / "samples.md").read_text()
     assert "policy " + saved["fingerprints"]["policy"] in (tmp_path / "b" / "table.md").read_text()
     assert (tmp_path / "b" / "claims.md").is_file()
+    # A report half way covers what is recorded and names what it leaves out.
+    spec_file.write_text(body + "methods: {vr_only: {env.reward_mode: vr}, later: {env.reward_mode: prm+vr}}\n")
+    report = [
+        sys.executable,
+        "-m",
+        "pure_rl.experiments.sweep",
+        str(spec_file),
+        "--out",
+        str(tmp_path / "d"),
+        "--report",
+    ]
+    done = subprocess.run(report, cwd=ROOT, check=True, timeout=600, capture_output=True, text=True)
+    assert "leaves out 1 runs with no metrics and no record: later/seed0" in done.stdout
+    assert "| vr_only |" in (tmp_path / "d" / "table.md").read_text()
     # A record made with another setting is never taken for this sweep's run.
     spec_file.write_text(
         body.replace("train.iterations: 2", "train.iterations: 2, train.lr: 0.5")

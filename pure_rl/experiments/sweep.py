@@ -366,6 +366,8 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
     model_dir = None
     if spec.warmup is not None and report_only:  # a report never trains: it reads what the sweep built
         model_dir = (out / "warmup" / "model").resolve()
+        # A clone that only reports its records has no warm-up; records are compared without policy.model.
+        model_dir = model_dir if model_dir.is_dir() else None
     elif spec.warmup is not None:
         model_dir = build_warm_model(spec, out, threads=os.cpu_count() or 1)
     prm_dir = prm_model_dir(out) if spec.prm is not None else None  # its path is part of every run's config
@@ -389,11 +391,16 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
                 prm_users.add(method)
     todo = [r for r in runs if r[4] not in ("done", "recorded")]
     if report_only and todo:
-        # A report of unfinished runs (e.g. to look at a long sweep half way) says so, loudly.
+        # A report half way through a long sweep covers what exists, and says loudly what it leaves out.
         missing = [r for r in todo if not (r[2] / "logs" / "scalars").is_dir()]
+        if len(missing) == len(runs):
+            raise ConfigError(f"--report: no run of {out} has metrics or a record yet; run the sweep first")
         if missing:
-            raise ConfigError(f"--report: {missing[0][2]} has no metrics yet (and no record); run the sweep first")
-        print(f"WARNING: {len(todo)} runs are not finished; the report covers the iterations logged so far")
+            names = ", ".join(f"{m}/seed{k}" for m, k, *_ in missing)
+            print(f"WARNING: the report leaves out {len(missing)} runs with no metrics and no record: {names}")
+            runs = [r for r in runs if r not in missing]
+        if len(todo) > len(missing):
+            print(f"WARNING: {len(todo) - len(missing)} runs are not finished; the report covers what they logged")
         todo = []
     # The learned PRM (hours on a CPU) is built only when a run still to do scores with it: VR-only and
     # rule-PRM methods (--methods), or a sweep whose PRM runs are all recorded, run without it.
