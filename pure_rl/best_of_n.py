@@ -116,6 +116,16 @@ def best_of_n(samples: list[dict], aggregations: Sequence[str], n_max: int) -> d
     return table
 
 
+def pair_counts(rows: list[dict], aggregation: str = "min") -> tuple[float, int]:
+    """(wins, pairs) over one problem's (correct, wrong) response pairs under ``aggregation``; a tie is half a
+    win, a response without scored steps scores lowest."""
+    agg = AGGREGATIONS[aggregation]
+    scored = [(agg(s["scores"]) if s["scores"] else -math.inf, s["correct"]) for s in rows]
+    right = [v for v, ok in scored if ok]
+    wrong = [v for v, ok in scored if not ok]
+    return float(sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)), len(right) * len(wrong)
+
+
 def within_problem_accuracy(samples: list[dict], aggregations: Sequence[str]) -> dict[str, float]:
     """Per aggregation, the share of (correct, wrong) pairs of responses *to the same problem* in which the correct
     one scores higher (ties count half): what selection needs, unlike a step AUC pooled across problems, which a
@@ -123,14 +133,8 @@ def within_problem_accuracy(samples: list[dict], aggregations: Sequence[str]) ->
     by_problem = group_by_problem(samples)
     out = {}
     for name in aggregations:
-        wins = pairs = 0.0
-        for rows in by_problem.values():
-            agg = [(AGGREGATIONS[name](s["scores"]) if s["scores"] else -math.inf, s["correct"]) for s in rows]
-            for good, ok in agg:
-                for bad, wrong_ok in agg:
-                    if ok and not wrong_ok:
-                        wins += (good > bad) + 0.5 * (good == bad)
-                        pairs += 1
+        counts = [pair_counts(rows, name) for rows in by_problem.values()]
+        wins, pairs = sum(w for w, _ in counts), sum(n for _, n in counts)
         out[name] = wins / pairs if pairs else float("nan")
     return out
 

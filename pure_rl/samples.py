@@ -52,6 +52,14 @@ def append_samples(path: str | Path, records: list[dict]) -> None:
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
+def start_middle_end(records: list[dict]) -> list[int]:
+    """The first, middle and last iteration that ``records`` sample (fewer when they sample fewer)."""
+    iterations = sorted({r["iteration"] for r in records})
+    if not iterations:
+        return []
+    return list(dict.fromkeys([iterations[0], iterations[len(iterations) // 2], iterations[-1]]))
+
+
 def read_samples(path: str | Path) -> list[dict]:
     path = Path(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -18,7 +18,15 @@ def test_all_pairs_equal_the_best_of_n_report_and_full_subsets_change_nothing():
     rng = random.Random(1)
     samples = [sample(p, rng.random() < 0.4, rng.uniform(-1, 1)) for p in range(20) for _ in range(16)]
     report = pair_accuracy_report(samples, subset=16, draws=5)
-    assert report["all_pairs"]["accuracy"] == pytest.approx(within_problem_accuracy(samples, ["min"])["min"])
+    # The reference, written the obvious way: every (correct, wrong) pair of one problem, ties half.
+    wins = pairs = 0.0
+    for a in samples:
+        for b in samples:
+            if a["problem"] == b["problem"] and a["correct"] and not b["correct"]:
+                wins += (min(a["scores"]) > min(b["scores"])) + 0.5 * (min(a["scores"]) == min(b["scores"]))
+                pairs += 1
+    assert report["all_pairs"]["accuracy"] == pytest.approx(wins / pairs)
+    assert within_problem_accuracy(samples, ["min"])["min"] == pytest.approx(wins / pairs)
     # Subsets as large as the problem are the problem itself, in another order.
     assert report["subsets_of_16"]["accuracy"] == pytest.approx(report["all_pairs"]["accuracy"])
 

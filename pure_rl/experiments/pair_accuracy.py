@@ -20,19 +20,9 @@ import json
 import random
 from pathlib import Path
 
-from pure_rl.best_of_n import AGGREGATIONS, group_by_problem
+from pure_rl.best_of_n import group_by_problem, pair_counts
 
-__all__ = ["pair_accuracy_report", "pair_counts"]
-
-
-def pair_counts(rows: list[dict], aggregation: str = "min") -> tuple[float, int]:
-    """(wins, pairs) over one problem's (correct, wrong) response pairs; a tie is half a win."""
-    agg = AGGREGATIONS[aggregation]
-    scored = [(agg(s["scores"]) if s["scores"] else float("-inf"), s["correct"]) for s in rows]
-    right = [v for v, ok in scored if ok]
-    wrong = [v for v, ok in scored if not ok]
-    wins = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
-    return float(wins), len(right) * len(wrong)
+__all__ = ["pair_accuracy_report"]
 
 
 def pair_accuracy_report(samples: list[dict], subset: int = 4, draws: int = 200, seed: int = 0) -> dict:

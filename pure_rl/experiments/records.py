@@ -56,11 +56,12 @@ def weights_digest(folder: str | Path) -> str | None:
 
 def sampled_iterations(records: list[dict]) -> list[dict]:
     """The first ``SAMPLED_RESPONSES`` responses of the first, middle and last sampled iteration."""
-    iterations = sorted({r["iteration"] for r in records})
-    if not iterations:
-        return []
-    keep = dict.fromkeys([iterations[0], iterations[len(iterations) // 2], iterations[-1]])
-    return [r for it in keep for r in [r for r in records if r["iteration"] == it][:SAMPLED_RESPONSES]]
+    from pure_rl.samples import start_middle_end  # tensordict-importing; records are read without it
+
+    kept = []
+    for it in start_middle_end(records):
+        kept += [r for r in records if r["iteration"] == it][:SAMPLED_RESPONSES]
+    return kept
 
 
 def write_record(folder: Path, method: str, seed: int, **fields) -> Path:

@@ -530,7 +530,7 @@ def samples_report(runs: list[tuple[str, int, Path]], shown: int = 2) -> str:
     """What each method's first seed writes at its first, middle and last sampled iteration (a run folder's
     ``samples.jsonl`` or a record's samples): the batch's share correct, steps and mean PRM step score, and its
     first ``shown`` responses step by step."""
-    from pure_rl.samples import format_response, read_samples
+    from pure_rl.samples import format_response, read_samples, start_middle_end
 
     lines = []
     firsts = {}
@@ -539,11 +539,11 @@ def samples_report(runs: list[tuple[str, int, Path]], shown: int = 2) -> str:
     for method, (seed, source) in firsts.items():
         records = read_record(source)["samples"] if source.suffix == ".json" else read_samples(source / "samples.jsonl")
         lines.append(f"## {method} (seed {seed})\n")
-        iterations = sorted({r["iteration"] for r in records})
+        iterations = start_middle_end(records)
         if not iterations:
             lines.append("no samples logged (log.sample_every: 0, or the run has not started)\n")
             continue
-        for it in dict.fromkeys([iterations[0], iterations[len(iterations) // 2], iterations[-1]]):
+        for it in iterations:
             batch = [r for r in records if r["iteration"] == it]
             scores = [s for r in batch for s in r["prm"]]
             lines.append(
