@@ -120,6 +120,7 @@ def run_best_of_n(cfg, policy, problems: int, args, config: str) -> dict:
         "config": str(config),
         "prm": cfg.env.prm,
         "prm_model": cfg.env.prm_model,
+        "prm_dtype": cfg.env.prm_dtype,
         "within_problem_accuracy": pairs,
         "problems": problems,
         "n_max": args.best_of,

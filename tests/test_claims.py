@@ -10,6 +10,7 @@ import yaml
 
 from pure_rl.config import ConfigError
 from pure_rl.experiments.claims import decide_claims, format_claims, load_outcomes, write_claims
+from pure_rl.experiments.records import write_prm_record
 from pure_rl.experiments.sweep import load_spec
 
 ROLES = {
@@ -154,6 +155,32 @@ def test_h1_reads_the_prms_hackability_table(tmp_path):
     assert verdicts(tmp_path / "short", empty_low)[1]["reference_details"]["H1"]["verdict"] == "refuted"
     empty_high = dict(empty_low, empty={"mean": 0.3})
     assert verdicts(tmp_path / "short", empty_high)[1]["reference_details"]["H1"]["verdict"] == "confirmed"
+
+
+def test_h1_reads_the_hackability_of_the_prm_the_runs_scored_with(tmp_path):
+    """A records-only clone has no PRM folder: H1 reads the PRM stage record of the PRM the min-form PRM-only
+    runs scored with, and the local PRM's table only when those runs are no records of one PRM."""
+    low = {"empty": {"mean": -0.6}, "honest_wrong": {"mean": -0.4}, "honest_correct": {"mean": 0.0}}
+    high = dict(low, empty={"mean": 0.3})
+    build(tmp_path, hack={"soft": (3.0, 1.2)})  # shortened: "refuted" under the low table, "confirmed" under high
+    record = tmp_path / "record"
+    write_prm_record(record, "aaaa", "cpu", train={}, best_of_n={"samples": [1]}, hackability={"probes": low})
+    write_prm_record(record, "bbbb", "cpu", train={}, best_of_n={}, hackability={"probes": high})
+    assert "samples" not in json.loads((record / "prm_aaaa.json").read_text())["best_of_n"]  # stays local
+
+    def h1(fingerprints: list[str | None]) -> str:
+        for seed, fp in enumerate(fingerprints):
+            path = tmp_path / "results" / f"soft_seed{seed}.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "prm_fingerprint": fp}))
+        return write_claims(tmp_path, ROLES, 10, record)["reference_details"]["H1"]["verdict"]
+
+    assert h1(["aaaa"] * 3) == "refuted" and h1(["bbbb"] * 3) == "confirmed"
+    assert h1([None] * 3) == "pending"  # run folders, and no PRM stage here
+    (tmp_path / "prm").mkdir()
+    (tmp_path / "prm" / "hackability.json").write_text(json.dumps({"prm_dtype": "float32", "probes": high}))
+    assert h1([None] * 3) == "confirmed"  # run folders read this machine's PRM stage
+    assert h1(["aaaa", "bbbb", "aaaa"]) == "confirmed"  # runs of two PRMs: no one record is theirs
+    assert h1(["aaaa"] * 3) == "refuted"  # the records' PRM, not this machine's
 
 
 def test_an_unfinished_or_missing_run_leaves_its_claims_pending(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from pure_rl.config import ConfigError, flat_config, load_config
+from pure_rl.experiments.records import weights_digest
 from pure_rl.experiments.sweep import comparison_table, load_spec, run_overrides, run_state
 from pure_rl.plots import smooth
 
@@ -218,6 +220,7 @@ def test_a_sweep_builds_its_learned_prm_from_its_starting_policy_then_trains_aga
         "prm: {config: configs/prm/tiny.yaml, best_of: 2, problems: 3}\n"
         "overrides: {env.prm: hf, env.prm_layout: pure_text, train.iterations: 2, train.eval_every: 0}\n"
         "methods: {min_prm_vr: {env.reward_mode: prm+vr}}\n"
+        f"record: {tmp_path / 'record'}\n"
     )
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "pure_rl.experiments.sweep", str(spec_file), "--out", str(out)]
@@ -229,14 +232,30 @@ def test_a_sweep_builds_its_learned_prm_from_its_starting_policy_then_trains_aga
     trained = json.loads((prm / "model" / "prm_train.json").read_text())
     assert trained["steps"] == 12 and "step_auc" in trained["heldout_after"]  # nan where one class only
     best_of = json.loads((prm / "best_of_n" / "best_of_n.json").read_text())
-    assert best_of  # written by the evaluate command the stage ran
-    assert {"honest_correct", "filler", "empty"} <= set(json.loads((prm / "hackability.json").read_text()))
+    assert best_of["prm_dtype"] == "float32" and best_of["table"]  # written by the evaluate command the stage ran
+    probed = json.loads((prm / "hackability.json").read_text())
+    assert probed["prm_dtype"] == "float32" and {"honest_correct", "filler", "empty"} <= set(probed["probes"])
+    # What the stage measured is recorded beside the runs, under the PRM's fingerprint.
+    (stage_record,) = (tmp_path / "record").glob("prm_*.json")
+    recorded = json.loads(stage_record.read_text())
+    assert stage_record.name == f"prm_{weights_digest(prm / 'model')}.json" and recorded["hackability"] == probed
+    assert recorded["train"] == trained and recorded["best_of_n"]["table"] == best_of["table"]
     run_cfg = load_config(out / "min_prm_vr" / "seed0" / "config.yaml")
     assert run_cfg.env.prm == "hf" and run_cfg.env.prm_model == str((prm / "model").resolve())
     assert json.loads((out / "results" / "min_prm_vr_seed0.json").read_text())["summary"]["iterations"] == 2
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "prm:" not in again.stdout and "0 to run" in again.stdout  # every stage and run was complete
+    # A measurement of the PRM in another dtype than the runs score with is measured again, the earlier kept.
+    (prm / "hackability.json").write_text(json.dumps({**probed, "prm_dtype": "bfloat16"}))
+    shutil.rmtree(out / "min_prm_vr" / "seed0")
+    (tmp_path / "record" / "min_prm_vr_seed0.json").unlink()  # a run still to do: the sweep visits its PRM
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "measured the PRM in a bfloat16 dtype, the runs score in float32: measuring again" in third.stdout
+    assert json.loads((prm / "hackability_bfloat16_dtype.json").read_text())["prm_dtype"] == "bfloat16"
+    assert json.loads((prm / "hackability.json").read_text())["prm_dtype"] == "float32"
+    assert (prm / "best_of_n" / "best_of_n.json").is_file() and "best-of" not in third.stdout  # that one was current
 
 
 def test_a_sweep_refuses_a_prm_built_with_another_recipe(tmp_path):

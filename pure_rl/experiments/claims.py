@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pure_rl.experiments.records import prm_record_path
+
 __all__ = ["ROLES", "RunOutcome", "decide_claims", "format_claims", "load_outcomes"]
 
 ROLES = (
@@ -308,12 +310,24 @@ def format_claims(decided: dict) -> str:
     return "\n".join(lines)
 
 
-def write_claims(out: Path, roles: dict[str, str], window: int) -> dict:
+def prm_hackability(out: Path, roles: dict[str, str], record_dir: Path | None = None) -> dict | None:
+    """The hackability probes of the PRM that the min-form PRM-only runs scored with: its PRM stage record
+    (``prm_FINGERPRINT.json`` in ``record_dir``, when all those runs are records of one PRM), else the table the
+    PRM stage wrote in ``OUT/prm``; None when there is neither (H1 is then pending)."""
+    base = roles.get("min_softmin_prm", "")
+    runs = [json.loads(p.read_text()) for p in sorted(Path(out, "results").glob(f"{base}_seed*.json"))]
+    prms = {r.get("prm_fingerprint") for r in runs}
+    if record_dir is not None and len(prms) == 1 and None not in prms:
+        stage = prm_record_path(record_dir, prms.pop())
+        if stage.is_file():
+            return json.loads(stage.read_text())["hackability"]["probes"]
+    local = Path(out, "prm", "hackability.json")
+    return json.loads(local.read_text())["probes"] if local.is_file() else None
+
+
+def write_claims(out: Path, roles: dict[str, str], window: int, record_dir: Path | None = None) -> dict:
     """``OUT/claims.json`` and ``OUT/claims.md`` from the runs and the PRM stage's hackability table."""
-    probe = out / "prm" / "hackability.json"
-    decided = decide_claims(
-        load_outcomes(out, window), roles, json.loads(probe.read_text()) if probe.is_file() else None
-    )
+    decided = decide_claims(load_outcomes(out, window), roles, prm_hackability(out, roles, record_dir))
     (out / "claims.json").write_text(json.dumps(decided, indent=2))
     (out / "claims.md").write_text(format_claims(decided) + "\n")
     return decided
@@ -330,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not spec.claims:
         raise SystemExit(f"{args.sweep} has no `claims` section: nothing to decide")
     out = Path(args.out or f"runs/sweeps/{spec.name}")
-    decided = write_claims(out, spec.claims, spec.smooth)
+    decided = write_claims(out, spec.claims, spec.smooth, spec.record_dir())
     print(format_claims(decided))
     return decided
 

@@ -19,6 +19,14 @@ A record holds::
     samples             what it wrote at its first, middle and last sampled iteration (SAMPLED_RESPONSES each)
 
 A record whose config differs from the sweep's is an error naming the keys, never silently reused.
+
+A sweep that builds a learned PRM also records what its PRM stage measured, in ``FOLDER/prm_FINGERPRINT.json``
+(one per PRM: a sibling PRM rebuilt on another machine gets its own)::
+
+    fingerprint, machine
+    train               model/prm_train.json (held-out step metrics before and after training)
+    best_of_n           best_of_n/best_of_n.json without its per-sample scores (the table, the pair accuracy)
+    hackability         hackability.json (what the PRM pays for steps that do no work; claims.py's H1 reads it)
 """
 
 from __future__ import annotations
@@ -92,3 +100,23 @@ def record_differences(record: dict, flat: dict) -> list[str]:
     have, want = record["config"], comparable_config(flat)
     keys = sorted(set(have) | set(want))
     return [f"{k}: {have.get(k)!r} (record) vs {want.get(k)!r} (sweep)" for k in keys if have.get(k) != want.get(k)]
+
+
+def prm_record_path(folder: Path, fingerprint: str) -> Path:
+    return Path(folder) / f"prm_{fingerprint}.json"
+
+
+def write_prm_record(folder: Path, fingerprint: str, machine: str, train: dict, best_of_n: dict, hackability: dict):
+    """Write ``folder/prm_FINGERPRINT.json`` (see the module docstring); returns its path."""
+    path = prm_record_path(folder, fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    best_of_n = {k: v for k, v in best_of_n.items() if k != "samples"}  # 1.6 MB of per-sample scores stay local
+    record = {"fingerprint": fingerprint, "machine": machine, "train": train, "best_of_n": best_of_n}
+    path.write_text(json.dumps({**record, "hackability": hackability}, indent=2) + "\n")
+    return path
+
+
+def read_prm_records(folder: Path) -> dict[str, dict]:
+    """Every PRM stage record in ``folder``, by fingerprint."""
+    records = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("prm_*.json"))]
+    return {r["fingerprint"]: r for r in records}

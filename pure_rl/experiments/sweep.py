@@ -43,6 +43,7 @@ from pure_rl.experiments.records import (
     record_path,
     sampled_iterations,
     weights_digest,
+    write_prm_record,
     write_record,
 )
 from pure_rl.plots import smooth
@@ -267,6 +268,20 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
         resume = ["--resume"] if (model / "checkpoint.pt").is_file() else []
         train = ["pure_rl.prm", "train", "--config", config, "--labels", str(labels), "--out", str(model)]
         stage("training", [*train, *resume, *start], "train.log")
+    # A measurement of the PRM in another dtype than the runs score with is not this PRM's: measured again,
+    # the earlier one kept beside it.
+    dtype = load_config(config, [*start, *use]).env.prm_dtype
+    for measured, outputs in (
+        (folder / "best_of_n" / "best_of_n.json", [folder / "best_of_n"]),
+        (folder / "hackability.json", [folder / "hackability.json", folder / "hackability.md"]),
+    ):
+        had = json.loads(measured.read_text()).get("prm_dtype", "unrecorded") if measured.is_file() else dtype
+        if had != dtype:
+            kept = [set_aside(path, f"{had}_dtype") for path in outputs if path.exists()]
+            print(
+                f"prm: {measured} measured the PRM in a {had} dtype, the runs score in {dtype}: measuring again "
+                f"(the earlier measurement is now {', '.join(map(str, kept))})"
+            )
     best_of = int(spec.prm.get("best_of", 0))
     if best_of and not (folder / "best_of_n" / "best_of_n.json").is_file():
         evaluate = ["pure_rl.evaluate", "--config", config, "--best-of", str(best_of)]
@@ -278,6 +293,15 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
         probe += ["--out", str(folder / "hackability")]
         stage("hackability probe", [*probe, *start, *use], "probe.log")
     return model
+
+
+def set_aside(path: Path, label: str) -> Path:
+    """Rename ``path`` to a free ``STEM_LABEL[_K]SUFFIX`` beside it; returns the new path."""
+    for k in range(1000):
+        new = path.with_name(f"{path.stem}_{label}{f'_{k}' if k else ''}{path.suffix}")
+        if not new.exists():
+            return path.rename(new)
+    raise FileExistsError(f"{path}: no free name to set it aside under")
 
 
 # --- runs ------------------------------------------------------------------------------------------------
@@ -355,6 +379,23 @@ def record_run(
     )
 
 
+def record_prm_stage(record_dir: Path, out: Path, dtype: str | None) -> Path | None:
+    """Record what the PRM stage in ``OUT/prm`` measured (records.py), once all of it is there and measured the
+    PRM in the ``dtype`` the runs score with (None: the runs disagree, so no measurement is theirs)."""
+    folder = out / "prm"
+    files = {
+        "train": prm_model_dir(out) / "prm_train.json",
+        "best_of_n": folder / "best_of_n" / "best_of_n.json",
+        "hackability": folder / "hackability.json",
+    }
+    if dtype is None or not all(f.is_file() for f in files.values()):
+        return None
+    measured = {name: json.loads(f.read_text()) for name, f in files.items()}
+    if any(measured[name].get("prm_dtype") != dtype for name in ("best_of_n", "hackability")):
+        return None
+    return write_prm_record(record_dir, weights_digest(prm_model_dir(out)), machine_description(), **measured)
+
+
 def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: bool = False) -> dict:
     """Warm up (if asked), run every (method, seed) not finished yet, then write results, figure and table."""
     from tqdm import tqdm
@@ -406,6 +447,9 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
     # rule-PRM methods (--methods), or a sweep whose PRM runs are all recorded, run without it.
     if any(r[0] in prm_users for r in todo):
         build_prm(spec, out, model_dir, threads=os.cpu_count() or 1)
+    if record_dir is not None and prm_users:
+        dtypes = {flat["env.prm_dtype"] for m, _, _, _, _, flat in runs if m in prm_users}
+        record_prm_stage(record_dir, out, dtypes.pop() if len(dtypes) == 1 else None)
     if record_dir is not None:  # runs finished before they were recorded (an earlier invocation, or a kill)
         earlier = out / "sweep.json"
         earlier_walls = json.loads(earlier.read_text()).get("run_wall_seconds", {}) if earlier.is_file() else {}
@@ -456,7 +500,7 @@ def run_sweep(spec: SweepSpec, out: Path, jobs: int | None = None, report_only: 
         "table": results["table"],
     }
     if spec.claims:  # the pre-registered verdicts, rebuilt with the table from the same runs
-        record["claims"] = write_claims(out, spec.claims, spec.smooth)
+        record["claims"] = write_claims(out, spec.claims, spec.smooth, record_dir)
         print(format_claims(record["claims"]) + "\n")
     (out / "sweep.json").write_text(json.dumps(record, indent=2))
     print(results["markdown"])
@@ -503,6 +547,7 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
         per_key, summary = (record["series"], record["summary"]) if record else run_series(source)
         config = record["config"] if record else flat_config(load_config(source / "config.yaml"))
         result = {"method": method, "seed": seed, "run_dir": str(source), "max_steps": config["env.max_steps"]}
+        result["prm_fingerprint"] = record["fingerprints"]["prm"] if record else None  # which PRM's stage record
         (out / "results" / f"{method}_seed{seed}.json").write_text(
             json.dumps({**result, "summary": summary, **per_key})
         )

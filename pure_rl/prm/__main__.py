@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> dict:
             result = hackability_table(make_prm(cfg), held, cfg.env.step_separator)
             print(format_table(result))
             if args.out:
+                # Which PRM, in which dtype: a reader can tell a stale measurement from a current one.
+                measured = {"prm": cfg.env.prm, "prm_model": cfg.env.prm_model, "prm_dtype": cfg.env.prm_dtype}
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(f"{args.out}.json").write_text(json.dumps(result, indent=2))
+                Path(f"{args.out}.json").write_text(json.dumps({**measured, "probes": result}, indent=2))
                 Path(f"{args.out}.md").write_text(format_table(result) + "\n")
         elif args.command == "convert":
             from pure_rl.prm.labels import convert_file
