@@ -14,7 +14,7 @@ import yaml
 
 from pure_rl.config import ConfigError, flat_config, load_config
 from pure_rl.experiments.records import weights_digest
-from pure_rl.experiments.sweep import comparison_table, load_spec, run_overrides, run_state
+from pure_rl.experiments.sweep import comparison_table, load_spec, run_overrides, run_state, runs_table
 from pure_rl.plots import smooth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +56,26 @@ def test_table_finds_the_hack_onset_and_the_iteration_reaching_the_reference():
     assert table["sum"]["steps_start"]["mean"] == 3.0 and table["sum"]["steps_end"]["mean"] == 6.0
     assert abs(table["sum"]["final_accuracy"]["mean"] - 0.1) < 1e-9
     assert table["sum"]["train_minutes"]["mean"] == pytest.approx(3 * n / 60)
+
+
+def test_the_runs_table_shows_every_seed_at_every_evaluation():
+    def run(evals: dict[int, float], steps: float, prm_min: float, kl: float) -> dict:
+        r = run_series([0.3] * 20, [steps] * 20)
+        for i, a in evals.items():
+            r["eval_accuracy"][i - 1] = a
+        return {**r, "prm_reward_min": np.full(20, prm_min), "kl": np.linspace(0.0, kl, 20)}
+
+    series = {
+        "min": {1: run({10: 0.1, 20: 0.0}, 5.0, -0.5, 1.0), 0: run({10: 0.2, 20: 0.05}, 4.0, -0.6, 0.9)},
+        "vr": {0: run({10: 0.25}, 3.0, 0.0, 0.02)},  # its run stopped before the evaluation at 20
+    }
+    lines = runs_table(series, window=2, without_prm={"vr"}).splitlines()
+    assert lines[0] == "| method | seed | 10 | 20 | steps | PRM min step | KL at end |"
+    assert lines[2:5] == [
+        "| min | 0 | 0.200 | 0.050 | 4.0 → 4.0 | -0.60 → -0.60 | 0.88 |",  # seeds in order
+        "| min | 1 | 0.100 | 0.000 | 5.0 → 5.0 | -0.50 → -0.50 | 0.97 |",  # KL: mean of the last 2 of 0..1
+        "| vr | 0 | 0.250 | — | 3.0 → 3.0 | — | 0.02 |",  # no PRM scores its steps
+    ]
 
 
 def test_an_evaluation_before_the_first_update_leaves_the_table_finite():

@@ -542,10 +542,13 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
     (out / "results").mkdir(exist_ok=True)
     series: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     origins: dict[str, list[str]] = {}  # "policy / PRM fingerprints, machine" -> the runs that share them
+    without_prm: set[str] = set()
     for method, seed, source in runs:
         record = read_record(source) if source.suffix == ".json" else None
         per_key, summary = (record["series"], record["summary"]) if record else run_series(source)
         config = record["config"] if record else flat_config(load_config(source / "config.yaml"))
+        if config["env.reward_mode"] == "vr":  # its PRM columns are zeros, not scores
+            without_prm.add(method)
         result = {"method": method, "seed": seed, "run_dir": str(source), "max_steps": config["env.max_steps"]}
         result["prm_fingerprint"] = record["fingerprints"]["prm"] if record else None  # which PRM's stage record
         (out / "results" / f"{method}_seed{seed}.json").write_text(
@@ -562,6 +565,7 @@ def write_results(spec: SweepSpec, out: Path, runs: list[tuple[str, int, Path]])
             seeds[seed] = {k: v[:length] for k, v in r.items()}
     table = comparison_table(series, spec.reference, spec.smooth)
     markdown = format_table(table, spec.smooth, spec.reference)
+    markdown += "\n\n" + runs_table(series, spec.smooth, without_prm)
     if origins:  # runs from several machines start from sibling policies and score with sibling PRMs
         markdown += "\n\nRecorded runs by starting policy and PRM (sha256 prefixes of their weights):\n"
         markdown += "\n".join(f"- {origin}: {', '.join(names)}" for origin, names in origins.items())
@@ -691,6 +695,46 @@ def format_table(table: dict, window: int, reference: str | None) -> str:
         "seeds; steps and tokens are means of the first and last "
         f"{window} iterations. Hack onset: first iteration after which the smoothed steps per response stay more "
         "than one step above their start."
+    )
+    return "\n".join(lines)
+
+
+def runs_table(series: dict, window: int, without_prm: set[str] = frozenset()) -> str:
+    """Every run on its own row (``series``: method -> seed -> key -> per-iteration array): greedy held-out
+    accuracy at each evaluation, then steps per response and the PRM's lowest step score over the first and last
+    ``window`` iterations (none for ``without_prm`` methods), and the KL to the start over the last ones. The
+    seed bands of the table above hide which seed did what; this does not."""
+    evaluated = sorted(
+        {
+            int(i)
+            for seeds in series.values()
+            for r in seeds.values()
+            for i in r["iteration"][np.isfinite(r["eval_accuracy"])]
+        }
+    )
+
+    def start_end(v: np.ndarray, fmt: str) -> str:
+        if not np.isfinite(v).any():
+            return "—"
+        return f"{np.nanmean(v[:window]):{fmt}} → {np.nanmean(v[-window:]):{fmt}}"
+
+    lines = [
+        "| method | seed | " + " | ".join(str(i) for i in evaluated) + " | steps | PRM min step | KL at end |",
+        "| --- | --- | " + " | ".join("---" for _ in evaluated) + " | --- | --- | --- |",
+    ]
+    for method, seeds in series.items():
+        for seed, r in sorted(seeds.items()):
+            at = dict(zip(r["iteration"].astype(int), r["eval_accuracy"]))
+            accs = [f"{at[i]:.3f}" if np.isfinite(at.get(i, np.nan)) else "—" for i in evaluated]
+            prm_min = "—" if method in without_prm else start_end(r["prm_reward_min"], "+.2f")
+            kl = f"{np.nanmean(r['kl'][-window:]):.2f}" if np.isfinite(r["kl"][-window:]).any() else "—"
+            lines.append(
+                f"| {method} | {seed} | {' | '.join(accs)} | {start_end(r['steps_per_response'], '.1f')} "
+                f"| {prm_min} | {kl} |"
+            )
+    lines.append(
+        "\nEvery run: greedy held-out accuracy at each evaluation (columns: iterations), then means over the "
+        f"first and last {window} iterations."
     )
     return "\n".join(lines)
 
