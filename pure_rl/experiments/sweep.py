@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -746,14 +747,18 @@ def plot_sweep(series: dict, out_png: Path, window: int, title: str = "") -> Pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(FIGURE_PANELS), figsize=(4.5 * len(FIGURE_PANELS), 3.6))
+    # The default cycle repeats after 10 colours; a larger sweep gets tab20's, so no two methods share one.
+    palette = [f"C{i}" for i in range(10)] if len(series) <= 10 else list(plt.get_cmap("tab20").colors)
     for ax, (key, label) in zip(axes, FIGURE_PANELS):
         for i, (method, seeds) in enumerate(series.items()):
             curves = np.stack([smooth(r[key], window) for r in seeds.values()])
             x = next(iter(seeds.values()))["iteration"]
-            color = f"C{i}"
-            ax.plot(x, np.nanmean(curves, axis=0), color=color, label=method)
-            if len(curves) > 1:
-                ax.fill_between(x, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color, alpha=0.2)
+            color = palette[i % len(palette)]
+            with warnings.catch_warnings():  # the iteration-0 row (evaluation only) is all NaN: a gap, not news
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ax.plot(x, np.nanmean(curves, axis=0), color=color, label=method)
+                if len(curves) > 1:
+                    ax.fill_between(x, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color, alpha=0.2)
         ax.set_title(f"{label} ({window}-iter. avg)")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
