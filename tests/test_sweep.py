@@ -272,7 +272,7 @@ def test_a_sweep_builds_its_learned_prm_from_its_starting_policy_then_trains_aga
     (tmp_path / "record" / "min_prm_vr_seed0.json").unlink()  # a run still to do: the sweep visits its PRM
     third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert "measured the PRM in a bfloat16 dtype, the runs score in float32: measuring again" in third.stdout
+    assert "measured the PRM in dtype bfloat16, the runs score in float32: measuring again" in third.stdout
     assert json.loads((prm / "hackability_bfloat16_dtype.json").read_text())["prm_dtype"] == "bfloat16"
     assert json.loads((prm / "hackability.json").read_text())["prm_dtype"] == "float32"
     assert (prm / "best_of_n" / "best_of_n.json").is_file() and "best-of" not in third.stdout  # that one was current

@@ -103,10 +103,13 @@ def record_differences(record: dict, flat: dict) -> list[str]:
 
 
 def prm_record_path(folder: Path, fingerprint: str) -> Path:
+    """Where the PRM stage of the PRM with this weights fingerprint is recorded."""
     return Path(folder) / f"prm_{fingerprint}.json"
 
 
-def write_prm_record(folder: Path, fingerprint: str, machine: str, train: dict, best_of_n: dict, hackability: dict):
+def write_prm_record(
+    folder: Path, fingerprint: str, machine: str, train: dict, best_of_n: dict, hackability: dict
+) -> Path:
     """Write ``folder/prm_FINGERPRINT.json`` (see the module docstring); returns its path."""
     path = prm_record_path(folder, fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,9 +117,3 @@ def write_prm_record(folder: Path, fingerprint: str, machine: str, train: dict, 
     record = {"fingerprint": fingerprint, "machine": machine, "train": train, "best_of_n": best_of_n}
     path.write_text(json.dumps({**record, "hackability": hackability}, indent=2) + "\n")
     return path
-
-
-def read_prm_records(folder: Path) -> dict[str, dict]:
-    """Every PRM stage record in ``folder``, by fingerprint."""
-    records = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("prm_*.json"))]
-    return {r["fingerprint"]: r for r in records}

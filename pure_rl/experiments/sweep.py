@@ -280,7 +280,7 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
         if had != dtype:
             kept = [set_aside(path, f"{had}_dtype") for path in outputs if path.exists()]
             print(
-                f"prm: {measured} measured the PRM in a {had} dtype, the runs score in {dtype}: measuring again "
+                f"prm: {measured} measured the PRM in dtype {had}, the runs score in {dtype}: measuring again "
                 f"(the earlier measurement is now {', '.join(map(str, kept))})"
             )
     best_of = int(spec.prm.get("best_of", 0))
