@@ -130,7 +130,7 @@ def _pending(*roles: str) -> dict:
     return {"verdict": "pending", "evidence": f"needs finished runs of {', '.join(roles)}"}
 
 
-def _sum_form_collapses(runs: list[RunOutcome]) -> bool:
+def _collapses_with_the_hack(runs: list[RunOutcome]) -> bool:
     """Claim 1's rule for one method: collapsed and hacked on at least 2 of 3 seeds (2/3 of the seeds)."""
     return sum(r.collapsed and r.hacked for r in runs) >= 2 * len(runs) / 3
 
@@ -149,7 +149,7 @@ def claim_1(outcomes: dict, roles: dict) -> dict:
         runs = _runs(outcomes, roles, role)
         if runs is None:
             return _pending("sum_prm", "sum_prm_vr")
-        if _sum_form_collapses(runs):
+        if _collapses_with_the_hack(runs):
             verdicts.append("confirmed")
         elif all(r.holds for r in runs):
             verdicts.append("refuted")
@@ -167,14 +167,14 @@ def claim_2(outcomes: dict, roles: dict) -> dict:
     if mins is None or sums is None:
         return _pending("min_prm_vr", "sum_prm_vr")
     steady = all(r.holds and abs(r.steps_end - r.steps_start) <= 1.0 for r in mins)
-    sum_collapses = _sum_form_collapses(sums)
+    sum_hacked = _collapses_with_the_hack(sums)
     if any(r.collapsed or r.steps_end >= r.budget - 0.5 for r in mins):
         verdict = "refuted"
-    elif steady and sum_collapses:
+    elif steady and sum_hacked:
         verdict = "confirmed"
     else:
         verdict = "partial"
-    evidence = f"{roles['min_prm_vr']}: {_per_seed(mins)} | sum-form collapses: {sum_collapses}"
+    evidence = f"{roles['min_prm_vr']}: {_per_seed(mins)} | sum-form collapses with the hack (claim 1): {sum_hacked}"
     return {"verdict": verdict, "evidence": evidence}
 
 
@@ -212,7 +212,7 @@ def claim_4(outcomes: dict, roles: dict) -> dict:
         return _pending("min_softmin_prm", "min_exact_prm")
     gap = abs(_final_mean(soft) - _final_mean(exact))
     step_gap = abs(np.mean([r.steps_end for r in soft]) - np.mean([r.steps_end for r in exact]))
-    if gap > APART or _sum_form_collapses(soft) != _sum_form_collapses(exact):
+    if gap > APART or _collapses_with_the_hack(soft) != _collapses_with_the_hack(exact):
         verdict = "refuted"
     elif gap <= EQUAL and step_gap <= 1.0:
         verdict = "confirmed"
@@ -268,9 +268,12 @@ def reference_details(outcomes: dict, roles: dict, hackability: dict | None) -> 
             result[name] = _pending("min_softmin_prm", role)
             continue
         gap = abs(_final_mean(base) - _final_mean(other))
-        same_fate = _sum_form_collapses(base) == _sum_form_collapses(other)
+        same_fate = _collapses_with_the_hack(base) == _collapses_with_the_hack(other)
         verdict = "confirmed" if gap < EQUAL and (name == "H4" or same_fate) else "refuted"
-        evidence = f"final mean acc {_final_mean(base):.3f} vs {_final_mean(other):.3f}; same collapse: {same_fate}"
+        evidence = (
+            f"final mean acc {_final_mean(base):.3f} vs {_final_mean(other):.3f}; "
+            f"the same fate by claim 1's rule (collapse with the hack): {same_fate}"
+        )
         result[name] = {"verdict": verdict, "evidence": evidence}
     other = _runs(outcomes, roles, "n_minus_1")
     if base is None or other is None:
