@@ -78,6 +78,27 @@ def test_the_runs_table_shows_every_seed_at_every_evaluation():
     ]
 
 
+def test_the_figure_shows_held_out_accuracy_at_its_evaluations_unsmoothed_and_the_rest_smoothed(tmp_path):
+    from PIL import Image
+
+    from pure_rl.experiments.sweep import panel_curves, plot_sweep
+
+    seeds = {}
+    for seed, evals in ((0, {10: 0.2, 20: 0.0}), (1, {10: 0.4, 20: 0.1})):
+        seeds[seed] = {**run_series([0.0] * 10 + [1.0] * 10, [3.0] * 20), "prm_reward_mean": np.zeros(20)}
+        for i, a in evals.items():
+            seeds[seed]["eval_accuracy"][i - 1] = a
+    x, curves = panel_curves(seeds, "eval_accuracy", window=5)
+    assert x.tolist() == [10, 20] and curves.tolist() == [[0.2, 0.0], [0.4, 0.1]]  # the points, as measured
+    x, curves = panel_curves(seeds, "accuracy", window=5)
+    assert len(x) == 20 and curves[0, 11] == pytest.approx(0.4)  # a 5-iteration average across the step
+    png = plot_sweep({"m": seeds}, tmp_path / "with.png", window=5)
+    for r in seeds.values():
+        r["eval_accuracy"][:] = np.nan  # a sweep that never evaluates gets no empty panel
+    plot_sweep({"m": seeds}, tmp_path / "without.png", window=5)
+    assert Image.open(png).width > Image.open(tmp_path / "without.png").width
+
+
 def test_an_evaluation_before_the_first_update_leaves_the_table_finite():
     # train.eval_at_start logs an iteration-0 row holding the eval metrics only.
     run = {k: np.concatenate([[np.nan], v]) for k, v in run_series([0.3] * 20, [3.0] * 20).items()}

@@ -10,8 +10,9 @@ their last checkpoint; a run directory holding a different config is an error, n
 At the end it writes, from the runs' own metrics:
     OUT/results/METHOD_seedK.json   every logged metric per iteration, plus the run's summary
     OUT/sweep.json                  the spec, per-run wall times, the comparison table as data
-    OUT/sweep.png                   accuracy, steps per response, response length, PRM reward vs iteration:
-                                    one line per method (mean over seeds), seeds as a band (min-max)
+    OUT/sweep.png                   greedy held-out accuracy at each evaluation (when the runs evaluate), then
+                                    sampled accuracy, steps per response, response length, PRM reward vs
+                                    iteration: one line per method (mean over seeds), seeds as a band (min-max)
     OUT/table.md                    the comparison table (see :func:`comparison_table`)
     OUT/samples.md                  what each method writes at its start, middle and end, with the PRM's scores
     OUT/claims.md, claims.json      with a ``claims`` section: the pre-registered verdicts (pure_rl.experiments.claims)
@@ -53,6 +54,7 @@ __all__ = ["SweepSpec", "comparison_table", "load_spec", "plot_sweep", "run_swee
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIGURE_PANELS = [
+    ("eval_accuracy", "greedy held-out accuracy"),  # what pre-registered claims are read from
     ("accuracy", "verifier accuracy (sampled)"),
     ("steps_per_response", "steps per response"),
     ("response_tokens", "response tokens"),
@@ -746,33 +748,50 @@ def runs_table(series: dict, window: int, without_prm: set[str] = frozenset()) -
     return "\n".join(lines)
 
 
+def panel_curves(seeds: dict, key: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """One figure panel's data for one method: ``(x [T], curves [seeds, T])``.
+
+    Per-iteration metrics are smoothed over ``window`` iterations. Held-out accuracy is measured at a few
+    iterations only (NaN between): those points themselves, unsmoothed, so a band is the seeds' spread there.
+    """
+    x = next(iter(seeds.values()))["iteration"]
+    if key != "eval_accuracy":
+        return x, np.stack([smooth(r[key], window) for r in seeds.values()])
+    curves = np.stack([r[key] for r in seeds.values()])
+    measured = np.isfinite(curves).any(axis=0)
+    return x[measured], curves[:, measured]
+
+
 def plot_sweep(series: dict, out_png: Path, window: int, title: str = "") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(FIGURE_PANELS), figsize=(4.5 * len(FIGURE_PANELS), 3.6))
+    evaluated = any(np.isfinite(r["eval_accuracy"]).any() for seeds in series.values() for r in seeds.values())
+    panels = [(key, label) for key, label in FIGURE_PANELS if evaluated or key != "eval_accuracy"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
     # The default cycle repeats after 10 colours; a larger sweep gets tab20's, so no two methods share one.
     palette = [f"C{i}" for i in range(10)] if len(series) <= 10 else list(plt.get_cmap("tab20").colors)
-    for ax, (key, label) in zip(axes, FIGURE_PANELS):
+    for ax, (key, label) in zip(axes, panels):
         for i, (method, seeds) in enumerate(series.items()):
-            curves = np.stack([smooth(r[key], window) for r in seeds.values()])
-            x = next(iter(seeds.values()))["iteration"]
+            x, curves = panel_curves(seeds, key, window)
             color = palette[i % len(palette)]
+            marker = "o" if key == "eval_accuracy" else None
             with warnings.catch_warnings():  # the iteration-0 row (evaluation only) is all NaN: a gap, not news
                 warnings.simplefilter("ignore", RuntimeWarning)
-                ax.plot(x, np.nanmean(curves, axis=0), color=color, label=method)
+                ax.plot(x, np.nanmean(curves, axis=0), color=color, label=method, marker=marker, markersize=3)
                 if len(curves) > 1:
                     ax.fill_between(x, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color, alpha=0.2)
-        ax.set_title(f"{label} ({window}-iter. avg)")
+        ax.set_title(label if key == "eval_accuracy" else f"{label} ({window}-iter. avg)")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    # Beside the panels, not on one: with a dozen methods a legend inside hides the curves it names.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out_png
 
