@@ -312,6 +312,33 @@ def test_a_sweep_refuses_a_prm_built_with_another_recipe(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("files", "flag"), [((), None), (("config.yaml",), "--overwrite"), (("config.yaml", "checkpoint.pt"), "--resume")]
+)
+def test_an_interrupted_prm_training_resumes_from_its_checkpoint_or_starts_over_without_one(
+    tmp_path, monkeypatch, files, flag
+):
+    """Killed before its first checkpoint, the training left a folder the trainer would refuse: it starts over."""
+    from pure_rl.config import save_config
+    from pure_rl.experiments import sweep
+
+    spec = sweep.SweepSpec(
+        name="x", config="configs/tiny.yaml", methods={"a": {}}, prm={"config": "configs/prm/tiny.yaml"}
+    )
+    model = sweep.prm_model_dir(tmp_path)
+    model.mkdir(parents=True)
+    for name in files:
+        if name == "config.yaml":
+            save_config(load_config(ROOT / "configs" / "prm" / "tiny.yaml"), model / name)
+        else:
+            (model / name).write_bytes(b"")
+    launched = []
+    monkeypatch.setattr(sweep, "launch_command", lambda args, log, threads: launched.append(args))
+    sweep.build_prm(spec, tmp_path, None, threads=1)
+    (train,) = [args for args in launched if args[1:3] == ["pure_rl.prm", "train"]]
+    assert [a for a in train if a in ("--resume", "--overwrite")] == ([flag] if flag else [])
+
+
+@pytest.mark.parametrize(
     ("prm", "overrides", "error"),
     [
         ("{best_of: 4}", "{}", "prm takes config"),

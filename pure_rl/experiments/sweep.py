@@ -268,7 +268,12 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
             (folder / name).unlink(missing_ok=True)
         # The labeller resumes a file holding the same settings and refuses one made with others.
         stage("labels", ["pure_rl.prm", "label", "--config", config, "--out", str(labels), *start], "label.log")
-        resume = ["--resume"] if (model / "checkpoint.pt").is_file() else []
+        # A training stopped before its first checkpoint left only its folder: same recipe (checked above) and
+        # nothing to resume, so it starts over rather than stopping the sweep.
+        if (model / "checkpoint.pt").is_file():
+            resume = ["--resume"]
+        else:
+            resume = ["--overwrite"] if (model / "config.yaml").is_file() else []
         train = ["pure_rl.prm", "train", "--config", config, "--labels", str(labels), "--out", str(model)]
         stage("training", [*train, *resume, *start], "train.log")
     # A measurement of the PRM in another dtype than the runs score with is not this PRM's: measured again,
