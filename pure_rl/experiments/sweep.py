@@ -283,7 +283,7 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
         (folder / "best_of_n" / "best_of_n.json", [folder / "best_of_n"]),
         (folder / "hackability.json", [folder / "hackability.json", folder / "hackability.md"]),
     ):
-        had = measured_dtype(measured) if measured.is_file() else dtype
+        had = measured_dtype(json.loads(measured.read_text())) if measured.is_file() else dtype
         if had != dtype:
             kept = [set_aside(path, f"{had}_dtype") for path in outputs if path.exists()]
             print(
@@ -303,10 +303,10 @@ def build_prm(spec: SweepSpec, out: Path, model_dir: Path | None, threads: int) 
     return model
 
 
-def measured_dtype(path: Path) -> str:
-    """The dtype a PRM measurement (``best_of_n.json``, ``hackability.json``) scored in; files from before the
-    field say ``unrecorded``, which matches no dtype, so they are measured again."""
-    return json.loads(path.read_text()).get("prm_dtype", "unrecorded")
+def measured_dtype(measurement: dict) -> str:
+    """The dtype a PRM measurement (the parsed ``best_of_n.json`` or ``hackability.json``) scored in; files from
+    before the field say ``unrecorded``, which matches no dtype, so they are measured again."""
+    return measurement.get("prm_dtype", "unrecorded")
 
 
 def set_aside(path: Path, label: str) -> Path:
@@ -405,7 +405,7 @@ def record_prm_stage(record_dir: Path, out: Path, dtype: str | None) -> Path | N
     if dtype is None or not all(f.is_file() for f in files.values()):
         return None
     measured = {name: json.loads(f.read_text()) for name, f in files.items()}
-    if any(measured_dtype(files[name]) != dtype for name in ("best_of_n", "hackability")):
+    if any(measured_dtype(measured[name]) != dtype for name in ("best_of_n", "hackability")):
         return None
     return write_prm_record(record_dir, weights_digest(prm_model_dir(out)), machine_description(), **measured)
 
