@@ -339,6 +339,37 @@ def test_an_interrupted_prm_training_resumes_from_its_checkpoint_or_starts_over_
 
 
 @pytest.mark.parametrize(
+    ("best_of_dtype", "probe_dtype", "run_dtype"),
+    [
+        ("float32", "float32", "float32"),
+        ("float32", "bfloat16", "float32"),
+        (None, "float32", "float32"),
+        ("float32", "float32", None),
+    ],
+)
+def test_the_prm_stage_is_recorded_only_when_measured_in_the_dtype_the_runs_score_in(
+    tmp_path, best_of_dtype, probe_dtype, run_dtype
+):
+    from pure_rl.experiments.sweep import prm_model_dir, record_prm_stage
+
+    model = prm_model_dir(tmp_path)
+    (tmp_path / "prm" / "best_of_n").mkdir(parents=True)
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "prm_train.json").write_text(json.dumps({"steps": 3}))
+    best_of = {"table": [1], "samples": [2]} | ({"prm_dtype": best_of_dtype} if best_of_dtype else {})
+    (tmp_path / "prm" / "best_of_n" / "best_of_n.json").write_text(json.dumps(best_of))
+    (tmp_path / "prm" / "hackability.json").write_text(json.dumps({"prm_dtype": probe_dtype, "probes": {}}))
+    path = record_prm_stage(tmp_path / "record", tmp_path, run_dtype)
+    if best_of_dtype == probe_dtype == run_dtype:
+        record = json.loads(path.read_text())
+        assert path.name == f"prm_{weights_digest(model)}.json" and record["train"] == {"steps": 3}
+        assert record["best_of_n"] == {"table": [1], "prm_dtype": "float32"}  # the per-sample scores stay local
+    else:  # a file from before the dtype was recorded, or another dtype, or runs that disagree: not theirs
+        assert path is None and not (tmp_path / "record").exists()
+
+
+@pytest.mark.parametrize(
     ("prm", "overrides", "error"),
     [
         ("{best_of: 4}", "{}", "prm takes config"),
