@@ -72,8 +72,8 @@ class VLLMBackend:
         kv_cache_gib: CPU only, ``VLLM_CPU_KVCACHE_SPACE``.
         block_size: KV-cache block (tokens). Prefix caching reuses whole blocks, so small blocks suit step
             generation (each step re-sends the response so far); the CPU kernel takes multiples of 32 only.
-        max_num_batched_tokens: tokens the scheduler packs into one engine step (prefill chunking); None: vLLM's
-            default (4096 on CPU).
+        max_num_batched_tokens: tokens the scheduler packs into one engine step; None: vLLM's default (on CPU
+            4096, or ``max_model_len`` if more: prompts are not chunked there, so a step holds a whole one).
         sleep_mode: CUDA only: :meth:`release` frees the engine's weights and KV cache until the next sync.
         one_per_rank: one engine in each process of a torchrun job (``train.parallel``): vLLM's
             ``external_launcher`` executor, as TRL's colocate mode uses it, joins the job's process group with
@@ -153,6 +153,19 @@ class VLLMBackend:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             kwargs["enable_sleep_mode"] = sleep_mode
         else:
+            # A chunked prefill stops a prompt half-way through an engine step; vLLM then rewinds that request's
+            # seeded generator by an offset only CUDA generators have ("CPU Generator does not use offset"), so
+            # seeded sampling of more prompt tokens than one step takes fails. Unchunked, a prompt that does not
+            # fit waits for the next step whole; the step must then hold the longest prompt.
+            kwargs["enable_chunked_prefill"] = False
+            if max_num_batched_tokens is None:
+                kwargs["max_num_batched_tokens"] = max(4096, max_model_len)  # vLLM's CPU default, or a whole prompt
+            elif max_num_batched_tokens < max_model_len:
+                raise ValueError(
+                    f"max_num_batched_tokens={max_num_batched_tokens} is less than max_model_len={max_model_len} "
+                    "(policy.max_model_len): on CPU an engine step must hold a whole prompt (vLLM's chunked prefill "
+                    "breaks seeded sampling there); raise max_num_batched_tokens or lower max_model_len"
+                )
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
             # Binding OpenMP threads to the cores nearly doubles CPU throughput (SmolLM2 fp32, 32 sequences: 119 -> 209
             # generated tokens/s on 2 cores).

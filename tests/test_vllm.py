@@ -159,6 +159,32 @@ def test_vllm_samples_of_one_prompt_differ_and_respect_each_budget(vllm_policy):
         assert gens[5].finish == "length"
 
 
+def test_vllm_seeded_rows_whose_prompts_outgrow_one_engine_step_generate_on_cpu(vllm_policy):
+    # More seeded prompt tokens than one engine step takes: a chunked prefill would stop a prompt half-way, and
+    # vLLM then rewinds that row's generator by a CUDA-only offset ("CPU Generator does not use offset").
+    _, policy = vllm_policy
+    backend = policy.backend
+    budget = backend.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    # Prompts with nothing in common: a shared prefix would come from the prefix cache and not count.
+    vocab = len(policy.tokenizer)
+    prompts = torch.randint(3, vocab, (2 * budget // 200 + 1, 200), generator=torch.Generator().manual_seed(0))
+    rows = len(prompts)
+    backend.temperature = 1.0
+    try:
+        gens = backend.generate(prompts.tolist(), [2] * rows, stop_at_step=False, seeds=list(range(rows)))
+    finally:
+        backend.temperature = 0.0
+    assert len(gens) == rows and all(1 <= len(g.token_ids) <= 2 for g in gens)
+
+
+def test_a_cpu_engine_step_smaller_than_a_prompt_is_refused_naming_both_settings(vllm_policy, warm_tiny_path):
+    from agents.vllm_backend import VLLMBackend
+
+    _, policy = vllm_policy
+    with pytest.raises(ValueError, match=r"max_num_batched_tokens=256 is less than max_model_len=512"):
+        VLLMBackend(warm_tiny_path, policy.tokenizer, max_model_len=512, max_num_batched_tokens=256)
+
+
 def test_vllm_weight_sync_pushes_a_lora_policys_merged_weights(vllm_policy):
     """After a sync, greedy vLLM output equals the transformers model with its adapters, token for token."""
     from agents.generation import TransformersBackend
