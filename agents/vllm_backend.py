@@ -156,11 +156,10 @@ class VLLMBackend:
             # A chunked prefill stops a prompt half-way through an engine step; vLLM then rewinds that request's
             # seeded generator by an offset only CUDA generators have ("CPU Generator does not use offset"), so
             # seeded sampling of more prompt tokens than one step takes fails. Unchunked, a prompt that does not
-            # fit waits for the next step whole; the step must then hold the longest prompt.
+            # fit waits for the next step whole; the step must then hold the longest prompt (vLLM raises its
+            # default to max_model_len itself when chunking is off; a value set here is checked before it starts).
             kwargs["enable_chunked_prefill"] = False
-            if max_num_batched_tokens is None:
-                kwargs["max_num_batched_tokens"] = max(4096, max_model_len)  # vLLM's CPU default, or a whole prompt
-            elif max_num_batched_tokens < max_model_len:
+            if max_num_batched_tokens is not None and max_num_batched_tokens < max_model_len:
                 raise ValueError(
                     f"max_num_batched_tokens={max_num_batched_tokens} is less than max_model_len={max_model_len} "
                     "(policy.max_model_len): on CPU an engine step must hold a whole prompt (vLLM's chunked prefill "
