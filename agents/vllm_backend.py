@@ -158,6 +158,8 @@ class VLLMBackend:
             # seeded sampling of more prompt tokens than one step takes fails. Unchunked, a prompt that does not
             # fit waits for the next step whole; the step must then hold the longest prompt (vLLM raises its
             # default to max_model_len itself when chunking is off; a value set here is checked before it starts).
+            # vLLM warns that turning chunking off is "not officially supported" for any generating model;
+            # tests/test_vllm.py checks this engine's tokens and log-probs against transformers with it off.
             kwargs["enable_chunked_prefill"] = False
             if max_num_batched_tokens is not None and max_num_batched_tokens < max_model_len:
                 raise ValueError(
